@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job: set up, acquire MNIST, train the default recipe, evaluate it (with a report).
+# Extra arguments go to `mnist-cnn train`, e.g. `bash scripts/main.sh --recipe seed`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh serve
+run="runs/main-$(date +%Y%m%d-%H%M%S)"
+.venv/bin/mnist-cnn data
+.venv/bin/mnist-cnn train --out "$run" "$@"
+.venv/bin/mnist-cnn evaluate "$run"
+echo "run folder: $run"

@@ -1,0 +1,124 @@
+"""Self-describing checkpoints: safetensors weights plus JSON metadata in one file.
+
+The metadata (format version, architecture and arguments, normalization, class
+names, recipe config, metrics, data hashes, library versions, git commit) lives
+in the safetensors header, so loading never runs pickle and one `load_model`
+serves evaluate, predict, serve and export.
+
+    python -c "from mnist_cnn.checkpoint import load_model; print(load_model()[1]['metrics'])"
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import models
+from .data import CLASSES, SHA256, atomic_write
+
+FORMAT_VERSION = 1
+META_KEY = "mnist_cnn"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, with the reason phrased for a person."""
+
+
+def default_model_path() -> Path:
+    """The small trained model shipped inside the package."""
+    return Path(str(resources.files("mnist_cnn") / "weights" / "default.safetensors"))
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def make_metadata(model_name: str, model_args: dict, mean: float, std: float, config: dict,
+                  metrics: dict | None = None) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "arch": model_name,
+        "arch_args": model_args,
+        "mean": mean,
+        "std": std,
+        "classes": list(CLASSES),
+        "input": "(B, 1, 28, 28) float32: white ink on black, uint8 / 255, then (x - mean) / std",
+        "config": config,
+        "metrics": metrics or {},
+        "data_sha256": dict(SHA256),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+    }
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Atomically write tensors with a JSON document in the safetensors header."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(Path(path), st_save(tensors, metadata={META_KEY: json.dumps(meta)}))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    raw = path.read_bytes()
+    try:
+        tensors = st_load(raw)
+        # The header is an 8-byte little-endian length, then JSON with "__metadata__".
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file (truncated or corrupt?): {exc}") from None
+    if META_KEY not in header:
+        raise CheckpointError(f"{path}: has no {META_KEY!r} metadata; it was not written by mnist-cnn")
+    try:
+        meta = json.loads(header[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata is not valid JSON: {exc}") from None
+    return tensors, meta
+
+
+def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    save_tensors(path, model.state_dict(), meta)
+
+
+def load_model(path: Path | str | None = None, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """Build the checkpoint's architecture, load its weights, return (eval-mode model, metadata).
+
+    `path` may be a checkpoint file or a run folder; None means the shipped model.
+    """
+    path = Path(path) if path else default_model_path()
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    tensors, meta = load_tensors(path)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {meta.get('format_version')!r}, "
+                              f"this mnist-cnn reads version {FORMAT_VERSION}")
+    try:
+        model = models.build_model(meta["arch"], **meta.get("arch_args", {}))
+        model.load_state_dict(tensors, strict=True)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: weights do not match architecture {meta.get('arch')!r}: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), meta

@@ -1,0 +1,77 @@
+"""Evaluation: accuracy, loss, per-class accuracy and the confusion matrix of a model on a split.
+
+    mnist-cnn evaluate runs/default --json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed
+from .augment import shift, to_float
+
+# Test-time augmentation: the identity plus one-pixel shifts in the four directions.
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+@dataclass
+class Metrics:
+    accuracy: float  # percent
+    loss: float  # mean cross-entropy
+    per_class: list[float]  # percent correct for each true class
+    confusion: list[list[int]]  # confusion[true][predicted]
+    predictions: torch.Tensor  # (N,) predicted class
+    probabilities: torch.Tensor  # (N, 10) softmax
+    n: int
+
+    def summary(self) -> dict:
+        """The JSON-able part (without per-image tensors)."""
+        return {"accuracy": self.accuracy, "loss": self.loss, "per_class": self.per_class,
+                "confusion": self.confusion, "n": self.n}
+
+
+@torch.inference_mode()
+def predict_logits(model, x: torch.Tensor, mean: float, std: float, batch_size: int = 1000,
+                   tta: bool = False, channels_last: bool = False) -> torch.Tensor:
+    """Logits (N, 10) for uint8 images (N, 28, 28), in batches, on the images' device."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        batch = to_float(x[i:i + batch_size], mean, std)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        if tta:  # average log-probabilities over the shifted copies
+            logits = torch.stack([F.log_softmax(model(shift(batch, dy, dx)), 1) for dy, dx in TTA_SHIFTS]).mean(0)
+        else:
+            logits = model(batch)
+        out.append(logits.float())
+    return torch.cat(out) if out else torch.empty(0, 10, device=x.device)
+
+
+def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor) -> Metrics:
+    """Metrics over (possibly sharded) predictions; under torchrun, counts are all-reduced."""
+    num_classes = logits.shape[1]
+    loss_sum = F.cross_entropy(logits, y, reduction="sum")
+    pred = logits.argmax(1)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=y.device)
+    confusion.index_add_(0, y * num_classes + pred, torch.ones_like(y, dtype=torch.float64))
+    totals = torch.cat([confusion, loss_sum.double().reshape(1)])
+    totals = distributed.all_reduce_sum(totals)
+    confusion = totals[:-1].reshape(num_classes, num_classes).round().long().cpu()
+    n = int(confusion.sum())
+    per_class = (confusion.diag() / confusion.sum(1).clamp(min=1) * 100).tolist()
+    return Metrics(accuracy=float(confusion.diag().sum()) / max(n, 1) * 100, loss=float(totals[-1]) / max(n, 1),
+                   per_class=per_class, confusion=confusion.tolist(), predictions=pred.cpu(),
+                   probabilities=logits.softmax(1).cpu(), n=n)
+
+
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, mean: float, std: float, batch_size: int = 1000,
+             tta: bool = False, channels_last: bool = False) -> Metrics:
+    """Evaluate on uint8 images. Under torchrun each rank scores its own shard and counts are summed."""
+    rank, world = distributed.rank(), distributed.world_size()
+    x, y = x[rank::world], y[rank::world]
+    logits = predict_logits(model, x, mean, std, batch_size, tta, channels_last)
+    return metrics_from_logits(logits, y)

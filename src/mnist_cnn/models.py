@@ -1,0 +1,112 @@
+"""Network architectures, built by name from a small registry.
+
+Every `forward` returns logits of shape (B, 10) from inputs of shape (B, 1, 28, 28),
+except the faithful `seed` network, which keeps the notebook's log_softmax.
+
+    python -c "from mnist_cnn.models import build_model; print(build_model('seed'))"
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+
+
+class SeedNet(nn.Module):
+    """The notebook's network, layer for layer (3,973,762 parameters)."""
+
+    def __init__(self, conv1: int = 150, conv2: int = 64, fc1: int = 1024, fc2: int = 500, dropout: float = 0.5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, conv1, 5, stride=1, padding=2)
+        self.conv2 = nn.Conv2d(conv1, conv2, 5, stride=1, padding=2)
+        side = IMAGE_SIZE // 2 // 2  # two 2x2 max-pools: 28 -> 14 -> 7
+        self.flat = conv2 * side * side  # 64 * 7 * 7 = 3136
+        self.fc1 = nn.Linear(self.flat, fc1)
+        self.fc2 = nn.Linear(fc1, fc2)
+        self.fc3 = nn.Linear(fc2, NUM_CLASSES)
+        self.dropout = dropout
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (B, 150, 14, 14)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (B, 64, 7, 7)
+        x = x.flatten(1)  # (B, 3136)
+        x = F.dropout(F.relu(self.fc1(x)), self.dropout, self.training)
+        x = F.dropout(F.relu(self.fc2(x)), self.dropout, self.training)
+        # Faithful to the notebook, which ends in log_softmax and then applies
+        # CrossEntropyLoss. That is still correct: log_softmax is idempotent
+        # (its outputs already satisfy logsumexp = 0), so the loss's own
+        # log_softmax leaves them unchanged and the loss equals NLL. Argmax and
+        # softmax are unchanged too, so these outputs serve as logits everywhere.
+        return F.log_softmax(self.fc3(x), dim=1)  # (B, 10)
+
+
+class ReferenceNet(nn.Module):
+    """The well-known PyTorch example's network (pytorch/examples mnist/main.py)."""
+
+    def __init__(self, conv1: int = 32, conv2: int = 64, hidden: int = 128):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, conv1, 3)
+        self.conv2 = nn.Conv2d(conv1, conv2, 3)
+        side = (IMAGE_SIZE - 2 - 2) // 2  # two unpadded 3x3 convs, then a 2x2 pool: 28 -> 12
+        self.fc1 = nn.Linear(conv2 * side * side, hidden)  # 64 * 12 * 12 = 9216
+        self.fc2 = nn.Linear(hidden, NUM_CLASSES)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))  # (B, 32, 26, 26)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (B, 64, 12, 12)
+        x = self.dropout1(x).flatten(1)  # (B, 9216)
+        x = self.dropout2(F.relu(self.fc1(x)))  # (B, 128)
+        return self.fc2(x)  # (B, 10) logits
+
+
+def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    # No conv bias: the batch norm that follows has its own shift.
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class BNNet(nn.Module):
+    """Our small CPU-friendly network: VGG-style 3x3 conv/BN/ReLU stages, then global pooling.
+
+    `widths` gives each stage's channels; each stage has `depth` convs and all but the
+    last end in a 2x2 max-pool (28 -> 14 -> 7). Global average pooling replaces the
+    giant fully-connected layers, so the parameter count is set by the convs alone.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), depth: int = 2, dropout: float = 0.0):
+        super().__init__()
+        layers, c_in = [], 1
+        for i, width in enumerate(widths):
+            for _ in range(depth):
+                layers.append(conv_bn(c_in, width))
+                c_in = width
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)  # (B, widths[-1], 7, 7) for three stages
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(c_in, NUM_CLASSES)
+
+    def forward(self, x):
+        x = self.features(x)
+        x = x.mean(dim=(2, 3))  # global average pool: (B, widths[-1])
+        return self.head(self.dropout(x))  # (B, 10) logits
+
+
+REGISTRY = {"seed": SeedNet, "reference": ReferenceNet, "bnnet": BNNet}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}") from None
+    return cls(**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

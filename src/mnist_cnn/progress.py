@@ -1,0 +1,41 @@
+"""Progress display for the CLI: a tqdm bar plus the notebook's log line every N steps.
+
+    mnist-cnn train --recipe fast
+"""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+
+class TrainProgress:
+    """Callbacks for `train.train` that draw a bar and print the notebook-style lines."""
+
+    def __init__(self, cfg, n_train: int, enabled: bool = True):
+        self.cfg = cfg
+        steps = max(1, n_train // cfg.batch_size) * cfg.epochs
+        self.bar = tqdm(total=steps, unit="step", dynamic_ncols=True, disable=not enabled,
+                        leave=False, mininterval=0.5)
+        self.enabled = enabled
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def step(self, row: dict) -> None:
+        if self.bar.n == 0 and row["step"]:  # resumed: jump to where the run left off
+            self.bar.update(row["step"])
+        self.bar.update(1)
+        if row["step"] % 50 == 0:  # formatting the postfix every step would cost more than a tiny step
+            self.bar.set_postfix(epoch=row["epoch"] + 1, loss=f"{row['loss']:.4f}", acc=f"{row['acc']:.1f}",
+                                 refresh=False)
+        if self.enabled and row["step"] % self.cfg.log_every == 0:
+            self.bar.write("Train Step: {}\tLoss: {:.10f}\tAccuracy: {:.10f}".format(row["step"], row["loss"], row["acc"]))
+
+    def epoch(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        val = f", validation accuracy {row['val_acc']:.2f}%" if "val_acc" in row else ""
+        self.bar.write(f"epoch {row['epoch']}/{self.cfg.epochs}: {row['seconds']:.1f} s{val}")
