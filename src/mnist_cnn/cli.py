@@ -74,13 +74,22 @@ def resolve_config(args):
 
 
 def cmd_train(args) -> int:
+    # Under torchrun: join the process group; a lost rank becomes a clear error, not a hang.
+    with distributed.session(args.device, args.dist_timeout):
+        return run_training(args)
+
+
+def run_training(args) -> int:
     from .progress import TrainProgress  # tqdm is only needed when training from the CLI
 
-    distributed.setup(args.device)
     cfg = resolve_config(args)
+    if args.tensorboard:
+        from .report import require_tensorboard
+        require_tensorboard()  # fail now, not after training
     device = pick_device(args.device)
     seed_everything(cfg.seed)
     run_dir = Path(args.resume or args.out or f"runs/{cfg.recipe}-{datetime.now():%Y%m%d-%H%M%S}")
+    run_dir = distributed.broadcast_object(run_dir)  # ranks' clocks may straddle a second
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         train.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
@@ -104,9 +113,13 @@ def cmd_train(args) -> int:
         train.write_json(run_dir / "run.json", {"config": dataclasses.asdict(cfg), "metrics": metrics,
                                                 "versions": checkpoint.library_versions(),
                                                 "git_commit": checkpoint.git_commit(), "argv": sys.argv})
+        from .evaluate import predict_logits
+        from .report import write_run_report  # figures are drawn after training, so they never slow it
+        probs = test.probabilities if distributed.world_size() == 1 else (  # rank 0 scored one shard only
+            predict_logits(model, mnist.test_x, mean, std, tta=cfg.tta).softmax(1).cpu())
+        write_run_report(run_dir, mnist.test_x.cpu(), mnist.test_y.cpu(), probs, args.tensorboard)
     say(f"test accuracy {test.accuracy:.2f}% ({test.n} images), trained in {seconds:.0f} s")
-    say(f"outputs in {run_dir}/ (model.safetensors, metrics.json, history.json, config.json)")
-    distributed.teardown()
+    say(f"outputs in {run_dir}/ (model.safetensors, metrics.json, history.json, config.json, report/index.html)")
     return 0
 
 
@@ -125,6 +138,12 @@ def cmd_evaluate(args) -> int:
     truth, pred = y.cpu()[rows].tolist(), result.predictions[rows].tolist()
     report = {**result.summary(), "checkpoint": str(args.checkpoint or checkpoint.default_model_path()),
               "samples": {"index": rows.tolist(), "truth": truth, "predicted": pred}}
+    if args.report or args.tensorboard:
+        from .report import write_evaluation_report
+        report["report"] = str(write_evaluation_report(
+            report["checkpoint"], meta, {"test_accuracy": result.accuracy, "test_loss": result.loss,
+                                         "per_class": result.per_class}, x.cpu(), y.cpu(), result.probabilities,
+            args.report_dir, args.seed, args.tensorboard))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -137,6 +156,75 @@ def cmd_evaluate(args) -> int:
         print(f"{c:>6}" + "".join(f"{v:>6}" for v in row))
     print("GroundTruth: ", " ".join(f"{t:>5}" for t in truth))
     print("Predicted:   ", " ".join(f"{p:>5}" for p in pred))
+    if "report" in report:
+        print(f"report: {report['report']}")
+    return 0
+
+
+# --------------------------------------------------------- runs and compare
+
+
+def cmd_runs(args) -> int:
+    from .runs import find_runs, run_row, runs_table, sort_rows
+
+    rows = sort_rows([run_row(r) for r in find_runs(args.folder)], args.sort)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(runs_table(rows) if rows else f"no runs in {args.folder} (a run folder holds config.json)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .report import save_figure
+    from .runs import compare_figure, compare_table, load_run
+
+    runs = [load_run(path) for path in args.runs]
+    print(compare_table(runs))
+    print(f"curves: {save_figure(compare_figure(runs), args.out)}")
+    return 0
+
+
+# ------------------------------------------------------------------- export
+
+
+def cmd_export(args) -> int:
+    from . import export  # its onnx dependencies are an optional extra
+
+    report = export.export_checkpoint(args.model, args.out, int8=args.int8, data_dir=args.data_dir,
+                                      calibration_images=args.calibration_images or export.CALIBRATION_IMAGES)
+    parity = report["parity"]
+    print(f"parity with PyTorch on {parity['images']} test images: max |logit diff| "
+          f"{parity['max_abs_logit_diff']:.2e}, same predictions: {parity['same_predictions']}")
+    if "int8" in report:
+        q = report["int8"]
+        print(f"int8 (calibrated on {q['calibration_images']} training images): test accuracy "
+              f"{q['int8_accuracy']:.2f}% vs fp32 {q['fp32_accuracy']:.2f}% (drop {q['drop']:+.2f} points)")
+    print(f"wrote {report['out']} ({report['precision']}, {report['bytes'] / 1e6:.2f} MB, dynamic batch)")
+    return 0
+
+
+# -------------------------------------------------------------------- serve
+
+
+def cmd_serve(args) -> int:
+    try:  # fastapi and uvicorn are the optional extra "serve"
+        from . import serve
+        from .predict import Predictor
+    except ImportError as exc:
+        raise SystemExit(f"error: serving needs {exc.name}: pip install 'mnist-cnn[serve]'") from None
+    torch.set_num_threads(args.threads)  # small batches: extra threads only fight the event loop
+    device = pick_device(args.device) if args.backend == "torch" else "cpu"
+    predictor = Predictor.from_path(args.model, backend=args.backend, device=device,
+                                    min_confidence=args.min_confidence)
+    acc = predictor.meta.get("metrics", {}).get("test_accuracy")
+    print(f"model {args.model or checkpoint.default_model_path()} ({predictor.meta['arch']}, {args.backend}"
+          + (f", test accuracy {acc:.2f}%" if acc is not None else "") + ")", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: listening on {args.host}, reachable from other machines", flush=True)
+    print(f"open http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/ "
+          "(Ctrl+C stops)", flush=True)
+    serve.run(predictor, host=args.host, port=args.port, backend=args.backend, log_level=args.log_level)
     return 0
 
 
@@ -167,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder (default runs/RECIPE-TIME)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars and images "
+                   "(needs the tensorboard extra)")
+    p.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="torchrun: how long a rank waits for the others before the job fails (default %(default)g)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a checkpoint on the MNIST test set")
@@ -176,7 +268,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", action="store_true")
+    p.add_argument("--report", action="store_true", help="write figures and index.html into the run's report/")
+    p.add_argument("--report-dir", type=Path, metavar="DIR", help="write the report here instead")
+    p.add_argument("--tensorboard", action="store_true", help="with the report, TensorBoard scalars and images")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("runs", help="list the training runs in a folder")
+    p.add_argument("folder", nargs="?", type=Path, default=Path("runs"), help="folder of runs (default: runs)")
+    from .runs import SORT_KEYS  # light: matplotlib loads only when a command draws
+    p.add_argument("--sort", default="acc", choices=list(SORT_KEYS), help="order (default acc: best first)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("compare", help="put runs side by side, with their curves on one figure")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN")
+    p.add_argument("--out", type=Path, default=Path("compare.png"), help="figure path (default compare.png)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (optionally int8), verified against PyTorch")
+    add_common(p)
+    p.add_argument("--model", type=Path, metavar="CHECKPOINT", help="checkpoint or run folder (default: shipped model)")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--int8", action="store_true", help="static int8 quantization calibrated on training images")
+    p.add_argument("--calibration-images", type=int, metavar="N", help="training images for --int8 (default 2000)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve the draw-a-digit page and the REST API")
+    p.add_argument("--model", type=Path, metavar="CHECKPOINT", help="checkpoint, run folder or .onnx file "
+                   "(default: shipped model)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+                   help="torch backend device (default cpu: fastest for one image at a time)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
+                   help='below this probability the answer says "unsure"')
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -184,7 +314,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (data.DataError, checkpoint.CheckpointError, ValueError) as exc:
+    except (data.DataError, checkpoint.CheckpointError, distributed.DistributedError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

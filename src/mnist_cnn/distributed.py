@@ -1,15 +1,36 @@
-"""torchrun integration: process-group set-up, rank helpers and the DDP wrapper.
+"""torchrun integration: process-group set-up, rank helpers, the DDP wrapper and failure handling.
 
-Outside torchrun every helper degrades to a single process (rank 0 of 1).
+Outside torchrun every helper degrades to a single process (rank 0 of 1), so the
+training loop has one code path. Design choices (README: "Scaling out with torchrun"):
 
-    torchrun --nproc-per-node=2 -m mnist_cnn train --recipe fast --limit-train 5000
+- The backend follows the device: NCCL for CUDA, gloo otherwise.
+- Batch norm is per rank: each rank normalizes with its own shard's statistics
+  (global batch / N images). SyncBatchNorm would make N processes compute exactly
+  what one does, but PyTorch implements it for GPUs only, and training must mean
+  the same thing on every device. Running statistics are averaged over the ranks
+  after every epoch (`average_buffers`), so every rank evaluates and saves the
+  same model.
+- Every collective has a timeout, so a rank that dies or hangs makes the others
+  fail with a clear error instead of waiting forever.
+
+    torchrun --standalone --nproc-per-node=2 -m mnist_cnn train --recipe fast --limit-train 5000
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from datetime import timedelta
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+DEFAULT_TIMEOUT_S = 600.0  # how long a collective waits for the slowest rank before the job fails
+
+
+class DistributedError(RuntimeError):
+    """Another rank died, hung or could not be reached; phrased for a person."""
 
 
 def is_distributed() -> bool:
@@ -24,19 +45,76 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 def is_main() -> bool:
     return rank() == 0
 
 
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
+def setup(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Join torchrun's process group when launched by torchrun (WORLD_SIZE > 1), else do nothing."""
+    if not launched_by_torchrun() or is_distributed():
+        return
+    use_nccl = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if use_nccl:
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group("nccl" if use_nccl else "gloo", timeout=timedelta(seconds=timeout_s))
+
+
+def teardown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether an exception means another rank is gone (rather than a bug in this one)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    # gloo reports lost peers and timeouts as plain RuntimeErrors.
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("gloo", "Gloo", "NCCL", "Timed out", "timed out", "Connection closed", "Connection reset"))
+
+
+@contextlib.contextmanager
+def session(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S):
+    """Join the process group for a block; turn a lost rank into a `DistributedError`.
+
+    On failure the group is not torn down: destroying it would wait on the lost
+    rank. The process exits instead, and torchrun stops the others.
+    """
+    try:
+        setup(device_name, timeout_s)
+        yield
+    except Exception as exc:
+        if launched_by_torchrun() and is_peer_failure(exc):
+            who = f"rank {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')}"
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DistributedError(
+                f"{who}: lost contact with the other ranks ({first_line}). A rank died, hung for longer "
+                f"than --dist-timeout ({timeout_s:g} s), or could not be reached. Every finished epoch is "
+                f"saved in the run folder: rerun the same torchrun command with --resume RUN_DIR.") from None
+        raise
+    teardown()
+
+
 def wrap(model: nn.Module) -> nn.Module:
+    """DistributedDataParallel under torchrun (gradients averaged over ranks); the model itself otherwise.
+
+    Buffers are not broadcast from rank 0 at every step: BN statistics stay per
+    rank and are averaged once per epoch by `average_buffers` instead.
+    """
     if not is_distributed():
         return model
-    device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    device = next(model.parameters()).device
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -47,24 +125,21 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def local_rank() -> int:
-    import os
-
-    return int(os.environ.get("LOCAL_RANK", 0))
-
-
-def setup(device_name: str = "auto") -> None:
-    """Join torchrun's process group when launched by torchrun (WORLD_SIZE set), else do nothing."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or is_distributed():
+@torch.no_grad()
+def average_buffers(model: nn.Module) -> None:
+    """Replace every floating-point buffer (BN running mean/var) by its mean over the ranks, in place."""
+    if not is_distributed():
         return
-    use_nccl = device_name in ("auto", "cuda") and torch.cuda.is_available()
-    if use_nccl:
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group("nccl" if use_nccl else "gloo")
+    for buf in model.buffers():
+        if buf.dtype.is_floating_point:
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(world_size())
 
 
-def teardown() -> None:
-    if is_distributed():
-        dist.destroy_process_group()
+def broadcast_object(obj):
+    """Rank 0's value of a picklable object, on every rank (e.g. a timestamped run folder)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -109,9 +109,18 @@ def train_one_epoch(model, optimizer, data: MNIST, cfg: TrainConfig, epoch: int,
     """One pass over this rank's shard of a shuffled permutation; returns the next global step."""
     mean, std = normalization(cfg)
     generator = epoch_generator(cfg, epoch)
-    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws from the global generator
+    batches = epoch_batches(len(data.train_x), cfg.batch_size, generator)
+    # torchrun ranks share the permutation but not the augmentation and dropout
+    # draws (the same draws on every shard would correlate them); rank 0 keeps
+    # the single-process stream.
+    rank, world = distributed.rank(), distributed.world_size()
+    seed = cfg.seed * 100_003 + epoch + 1_000_003 * rank
+    if rank:
+        generator.manual_seed(seed)
+    torch.manual_seed(seed)  # dropout draws from the global generator
+    global_batch = min(cfg.batch_size, len(data.train_x))
     model.train()
-    for idx in epoch_batches(len(data.train_x), cfg.batch_size, generator):
+    for idx in batches:
         idx = idx.to(data.train_x.device)
         x = augment_batch(to_float(data.train_x[idx], mean, std), generator, cfg)
         if cfg.channels_last:
@@ -123,7 +132,9 @@ def train_one_epoch(model, optimizer, data: MNIST, cfg: TrainConfig, epoch: int,
         optimizer.zero_grad(set_to_none=True)
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        loss.backward()
+        # DDP averages gradients over ranks; weighting each rank's mean by its share
+        # makes that the global batch's mean even when the batch splits unevenly.
+        (loss * (len(idx) * world / global_batch)).backward()
         optimizer.step()
         if ema is not None:
             update_ema(ema, model, cfg.ema_decay)
@@ -153,6 +164,9 @@ def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, re
     history, start_epoch = History(), 0
     if resume:
         start_epoch, history = load_train_state(Path(run_dir), model, optimizer, ema)
+    if distributed.world_size() > 1 and cfg.batch_size < 2 * distributed.world_size():
+        raise ValueError(f"batch size {cfg.batch_size} leaves fewer than 2 images per rank on "
+                         f"{distributed.world_size()} ranks (batch norm needs 2)")
     net = distributed.wrap(model)
     if cfg.compile:
         net = torch.compile(net)
@@ -169,6 +183,9 @@ def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, re
         t0 = time.perf_counter()
         step = epoch * steps_per_epoch
         train_one_epoch(net, optimizer, data, cfg, epoch, step, total_steps, steps_per_epoch, ema, record)
+        for m in (model, ema):  # per-rank BN statistics -> the same model on every rank
+            if m is not None:
+                distributed.average_buffers(m)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "seconds": seconds}
         if len(data.val_x):

@@ -1,0 +1,265 @@
+// The draw-a-digit page: capture strokes, send the canvas as a PNG, show what the server says.
+// No preprocessing happens here on purpose: the server runs the same code as `mnist-cnn predict`.
+"use strict";
+
+const DEBOUNCE_MS = 150;  // live prediction while drawing, without a request per pointer move
+const SIZES = { single: [280, 280], multi: [700, 280] };  // canvas pixels; CSS scales it to the screen
+
+const $ = (id) => document.getElementById(id);
+const pad = $("pad");
+const ctx = pad.getContext("2d");
+const result = $("result");
+
+let strokes = [];       // [{width, points: [[x, y], ...]}]; Undo pops one and redraws the rest
+let current = null;     // the stroke being drawn
+let timer = null;       // debounce timer of the next live prediction
+let seq = 0;            // id of the newest request; answers to older ones are dropped
+let busy = false;       // a request is in flight (one at a time, so a slow server is not flooded)
+let dirty = false;      // the drawing changed while that request was in flight
+
+// ------------------------------------------------------------------ drawing
+
+function multiMode() { return $("multi").checked; }
+
+function drawStroke(s) {
+  ctx.lineWidth = s.width;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  ctx.strokeStyle = ctx.fillStyle = "#111";
+  const p = s.points;
+  if (p.length === 1) {  // a tap is a dot
+    ctx.beginPath();
+    ctx.arc(p[0][0], p[0][1], s.width / 2, 0, 2 * Math.PI);
+    ctx.fill();
+    return;
+  }
+  ctx.beginPath();
+  ctx.moveTo(p[0][0], p[0][1]);
+  for (let i = 1; i < p.length; i++) ctx.lineTo(p[i][0], p[i][1]);
+  ctx.stroke();
+}
+
+function redraw() {
+  // The background stays transparent: the ink lives in the alpha channel, which the
+  // server's preprocessing reads directly (the white you see is the page behind the canvas).
+  ctx.clearRect(0, 0, pad.width, pad.height);
+  strokes.forEach(drawStroke);
+}
+
+function toCanvas(ev) {
+  const r = pad.getBoundingClientRect();
+  return [(ev.clientX - r.left) * pad.width / r.width, (ev.clientY - r.top) * pad.height / r.height];
+}
+
+pad.addEventListener("pointerdown", (ev) => {
+  if (ev.button !== 0) return;
+  ev.preventDefault();
+  pad.setPointerCapture(ev.pointerId);
+  current = { width: Number($("brush").value) * pad.height / 280, points: [toCanvas(ev)] };
+  strokes.push(current);
+  drawStroke(current);
+  $("upload-box").hidden = true;
+  changed();
+});
+
+pad.addEventListener("pointermove", (ev) => {
+  if (!current) return;
+  const events = ev.getCoalescedEvents ? ev.getCoalescedEvents() : [ev];
+  for (const e of (events.length ? events : [ev])) {
+    const [x, y] = toCanvas(e);
+    const last = current.points[current.points.length - 1];
+    current.points.push([x, y]);
+    ctx.lineWidth = current.width;
+    ctx.lineCap = "round";
+    ctx.strokeStyle = "#111";
+    ctx.beginPath();
+    ctx.moveTo(last[0], last[1]);
+    ctx.lineTo(x, y);
+    ctx.stroke();
+  }
+  changed();
+});
+
+function endStroke() {
+  if (!current) return;
+  current = null;
+  changed(0);
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+function undo() {
+  strokes.pop();
+  redraw();
+  changed(0);
+}
+
+function clear() {
+  strokes = [];
+  redraw();
+  changed(0);
+}
+
+$("undo").addEventListener("click", undo);
+$("clear").addEventListener("click", clear);
+
+document.addEventListener("keydown", (ev) => {
+  if (ev.target instanceof HTMLInputElement && ev.target.type !== "checkbox") return;
+  if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z") { ev.preventDefault(); undo(); }
+  else if (ev.key === "Escape") clear();
+});
+
+$("multi").addEventListener("change", () => {
+  const [w, h] = SIZES[multiMode() ? "multi" : "single"];
+  pad.width = w;
+  pad.height = h;
+  pad.classList.toggle("wide", multiMode());
+  strokes = [];
+  redraw();
+  changed(0);
+});
+
+// --------------------------------------------------------------- predicting
+
+function changed(delay = DEBOUNCE_MS) {
+  result.dataset.pending = "true";
+  clearTimeout(timer);
+  timer = setTimeout(() => { timer = null; predictDrawing(); }, delay);
+}
+
+function predictDrawing() {
+  if (!strokes.length) { seq++; busy = false; showIdle(); return; }
+  if (busy) { dirty = true; return; }  // send the newest drawing once this answer is back
+  busy = true;
+  pad.toBlob((blob) => send(blob, "drawing.png"), "image/png");
+}
+
+async function send(blob, name) {
+  const id = ++seq;
+  busy = true;
+  result.dataset.pending = "true";
+  const form = new FormData();
+  form.append("file", blob, name);
+  try {
+    const res = await fetch("/api/predict" + (multiMode() ? "?multi=true" : ""), { method: "POST", body: form });
+    const body = await res.json().catch(() => ({ detail: `HTTP ${res.status}` }));
+    if (id !== seq) return;
+    if (!res.ok) throw new Error(typeof body.detail === "string" ? body.detail : `HTTP ${res.status}`);
+    if (body.text !== undefined) showNumber(body); else showDigit(body);
+  } catch (err) {
+    if (id === seq) showError(err.message);
+  } finally {
+    if (id === seq) {
+      busy = false;
+      if (dirty) { dirty = false; predictDrawing(); }
+      else if (!timer) result.dataset.pending = "false";
+    }
+  }
+}
+
+$("upload").addEventListener("change", () => {
+  const file = $("upload").files[0];
+  if (!file) return;
+  clearTimeout(timer);
+  timer = null;
+  dirty = false;
+  strokes = [];
+  redraw();
+  $("upload-thumb").src = URL.createObjectURL(file);
+  $("upload-name").textContent = `Uploaded: ${file.name}`;
+  $("upload-box").hidden = false;
+  send(file, file.name);
+  $("upload").value = "";  // choosing the same file again still fires "change"
+});
+
+// ------------------------------------------------------------------ showing
+
+const pct = (p) => `${(100 * p).toFixed(1)}%`;
+
+function setState(state, digit, status) {
+  result.dataset.state = state;
+  $("digit").textContent = digit;
+  $("status").textContent = status;
+}
+
+function showIdle() {
+  setState("idle", "–", "Draw a digit, or upload a photo of one.");
+  $("preview").hidden = true;
+  $("bars").replaceChildren();
+  $("digits").hidden = true;
+  result.dataset.pending = "false";
+}
+
+function showError(message) {
+  setState("error", "!", `Could not read that: ${message}`);
+}
+
+function showPreview(img, dataUrl) {
+  img.hidden = !dataUrl;
+  if (dataUrl) img.src = dataUrl;
+}
+
+function showDigit(p) {
+  $("digits").hidden = true;
+  showPreview($("preview"), p.processed_png);
+  if (p.status === "empty") {
+    setState("empty", "–", "No ink found: draw a digit.");
+    $("bars").replaceChildren();
+    return;
+  }
+  // An unsure answer has no digit; its best guess is still the first of topk.
+  const [best, next] = p.topk;
+  const guess = best.digit;
+  setState(p.status, String(guess), p.status === "unsure"
+    ? `Not sure: maybe ${guess} (${pct(best.probability)})` + (next ? `, or ${next.digit} (${pct(next.probability)}).` : ".")
+    : `It is a ${guess} (${pct(best.probability)} sure).`);
+  drawBars(p.probabilities, guess);
+}
+
+function drawBars(probs, top) {
+  $("bars").replaceChildren(...probs.map((q, d) => {
+    const li = document.createElement("li");
+    li.className = d === top ? "top" : "";
+    li.setAttribute("aria-label", `${d}: ${pct(q)}`);
+    li.innerHTML = '<span class="label"></span><span class="bar"><span></span></span><span class="value"></span>';
+    li.querySelector(".label").textContent = d;
+    li.querySelector(".bar span").style.width = `${(100 * q).toFixed(1)}%`;  // CSSOM, allowed by the page's CSP
+    li.querySelector(".value").textContent = pct(q);
+    return li;
+  }));
+}
+
+function showNumber(n) {
+  $("bars").replaceChildren();
+  $("preview").hidden = true;
+  if (!n.digits.length) {
+    setState("empty", "–", "No ink found: write a number.");
+    $("digits").hidden = true;
+    return;
+  }
+  const unsure = n.digits.filter((d) => d.status !== "ok").length;
+  setState(n.status, n.text, unsure
+    ? `Read ${n.digits.length} digits; ${unsure} of them unsure (shown as the best guess).`
+    : `Read ${n.digits.length} digit${n.digits.length > 1 ? "s" : ""}.`);
+  $("digits").replaceChildren(...n.digits.map((d) => {
+    const li = document.createElement("li");
+    li.className = d.status;
+    const img = document.createElement("img");
+    img.src = d.processed_png;
+    const guess = d.topk[0].digit;
+    img.alt = `digit ${guess} as the network saw it`;
+    img.width = img.height = 56;
+    const cap = document.createElement("span");
+    cap.textContent = `${d.digit === null ? guess + "?" : guess} · ${pct(d.probability)}`;
+    li.append(img, cap);
+    return li;
+  }));
+  $("digits").hidden = false;
+}
+
+// ---------------------------------------------------------------- start-up
+
+fetch("/api/model").then((r) => r.json()).then((m) => {
+  const acc = m.test_accuracy == null ? "not measured" : `${Number(m.test_accuracy).toFixed(2)}% on MNIST test`;
+  $("model-info").textContent = `Model: ${m.arch} (${m.backend}), test accuracy ${acc}.`;
+}).catch(() => { $("model-info").textContent = "Model information unavailable."; });

@@ -1,0 +1,185 @@
+"""The draw-a-digit page in a real browser: headless Chromium draws digits with the mouse against the real server.
+
+Screenshots go to test-artifacts/ (serve-page.png, serve-page-multi.png, serve-page-phone.png).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from PIL import Image
+from playwright.sync_api import sync_playwright
+
+from mnist_cnn import preprocess, serve
+from mnist_cnn.predict import Predictor
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.from_path(None, min_confidence=0.5)
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    """The real app on uvicorn, on a free loopback port, in a background thread."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(serve.create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page; fails the test on any console error or any request to another origin."""
+    context = browser.new_context(viewport={"width": 1000, "height": 800})
+    pg = context.new_page()
+    errors, foreign = [], []
+    pg.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("request", lambda r: r.url.startswith((server, "data:", "blob:")) or foreign.append(r.url))
+    pg.goto(server + "/")
+    pg.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')")
+    yield pg
+    context.close()
+    assert not errors, errors
+    assert not foreign, foreign
+
+
+def stroke(page, points):
+    """One mouse stroke through points given as fractions (x, y) of the canvas."""
+    box = page.locator("#pad").bounding_box()
+    xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for x, y in xy[1:]:
+        page.mouse.move(x, y, steps=4)
+    page.mouse.up()
+
+
+def ellipse(cx, cy, rx, ry, n=36):
+    return [(cx + rx * math.sin(2 * math.pi * i / n), cy - ry * math.cos(2 * math.pi * i / n)) for i in range(n + 1)]
+
+
+ONE = [[(0.52, 0.15), (0.48, 0.85)]]
+SEVEN = [[(0.28, 0.2), (0.72, 0.2), (0.45, 0.85)]]
+ZERO = [ellipse(0.5, 0.5, 0.22, 0.34)]
+
+
+def answer(page) -> str:
+    """The digit the page shows, once every prediction it asked for has come back."""
+    page.wait_for_selector('#result[data-pending="false"]', timeout=15_000)
+    return page.locator("#digit").text_content()
+
+
+def draw(page, strokes) -> str:
+    for points in strokes:
+        stroke(page, points)
+    return answer(page)
+
+
+def test_drawn_digits_are_recognized(page):
+    for strokes, digit in [(ONE, "1"), (SEVEN, "7"), (ZERO, "0")]:
+        assert draw(page, strokes) == digit
+        state = page.locator("#result").get_attribute("data-state")
+        assert state in ("ok", "unsure")
+        bars = page.locator("#bars li")
+        assert bars.count() == 10 and page.locator("#bars li.top .label").text_content() == digit
+        preview = page.locator("#preview")
+        assert preview.is_visible() and preview.evaluate("img => img.naturalWidth") == 28
+        if digit == "7":
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
+        page.click("#clear")
+        assert answer(page) == "–" and page.locator("#result").get_attribute("data-state") == "idle"
+
+
+def test_undo_and_keyboard(page):
+    page.keyboard.press("Tab")  # the first stop is Undo: the controls are reachable by keyboard
+    assert page.evaluate("document.activeElement.id") == "undo"
+    draw(page, ZERO)
+    stroke(page, [(0.5, 0.1), (0.5, 0.9)])  # a stray stroke through the 0
+    page.click("#undo")
+    assert answer(page) == "0"
+    stroke(page, [(0.5, 0.1), (0.5, 0.9)])
+    page.keyboard.press("Control+z")
+    assert answer(page) == "0"
+    page.keyboard.press("Escape")
+    assert answer(page) == "–"
+    draw(page, ONE)
+    page.focus("#clear")
+    page.keyboard.press("Enter")
+    assert answer(page) == "–"
+
+
+def test_upload_an_image(page, predictor, test_split, tmp_path):
+    x, y = test_split
+    # The oracle: a test digit the CLI path reads right from the very same file.
+    for digit, label in zip(x[:20], y[:20]):
+        ink = Image.fromarray(255 - digit.numpy()).resize((224, 224), Image.BILINEAR)
+        paper = Image.new("L", (300, 260), 250)
+        paper.paste(ink, (40, 20))
+        buf = io.BytesIO()
+        paper.save(buf, format="PNG")
+        if predictor.predict_image(preprocess.decode(buf.getvalue())).digit == int(label):
+            break
+    path = tmp_path / "my-digit.png"
+    path.write_bytes(buf.getvalue())
+    page.set_input_files("#upload", str(path))
+    assert answer(page) == str(int(label))
+    assert page.locator("#upload-box").is_visible() and "my-digit.png" in page.locator("#upload-name").text_content()
+
+
+def test_multi_digit_mode(page):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.check("#multi")
+    assert page.locator("#pad").evaluate("c => c.width / c.height") > 2
+    # "1", then "7", then "0" across the wide canvas (x fractions of a 5:2 canvas).
+    stroke(page, [(0.14, 0.15), (0.12, 0.85)])
+    stroke(page, [(0.36, 0.2), (0.56, 0.2), (0.44, 0.85)])
+    stroke(page, ellipse(0.8, 0.5, 0.09, 0.34))
+    assert answer(page) == "170"
+    assert page.locator("#digits li").count() == 3
+    page.screenshot(path=str(ARTIFACTS / "serve-page-multi.png"), full_page=True)
+
+
+def test_phone_layout(browser, server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    pg = context.new_page()
+    pg.goto(server + "/")
+    pad = pg.locator("#pad").bounding_box()
+    assert pad["width"] <= 390 and pad["width"] >= 250  # fills a phone's width without overflowing
+    assert pg.evaluate("document.documentElement.scrollWidth") <= 390
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / "serve-page-phone.png"), full_page=True)
+    context.close()

@@ -1,0 +1,237 @@
+"""torchrun / DDP: two gloo processes on CPU train the same model as one process, and fail loudly.
+
+The end-to-end tests launch the real `mnist-cnn train` under `torchrun` through
+this file's `__main__` block, which wraps the CLI with spies: every file write is
+logged with the writing rank, each rank dumps its final weights, and a rank can
+be told to SIGKILL itself at a given step. The oracles are independent of the
+code under test: raw weight files compared bit for bit, the write logs, a
+single-process run of the same recipe, and torchrun's exit status.
+
+    .venv/bin/python -m pytest tests/test_distributed.py -q
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mnist_cnn import distributed, train
+
+HERE = Path(__file__).resolve()
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+# A run small enough for 2 cores, large enough to learn: 46 steps of batch 128 reach ~90%.
+TRAIN_ARGS = ["train", "--recipe", "fast", "--limit-train", "3000", "--epochs", "2", "--seed", "1"]
+OVERRIDES = {"ema_decay": 0.9, "val_size": 1000}  # exercise EMA under DDP; a smaller validation split
+STEPS_PER_EPOCH = 3000 // 128
+ACCURACY_MARGIN = 3.0  # points: per-rank BN (64 images) and other augmentation draws vs one process
+OUTPUTS = {"config.json", "history.json", "metrics.json", "model.safetensors", "run.json", "train_state.safetensors"}
+
+
+# ------------------------------------------------------------------ the worker (runs under torchrun)
+
+
+def worker(argv: list[str]) -> int:
+    """`mnist-cnn train` with spies; configured by MNIST_CNN_TEST_SPY (a folder) and MNIST_CNN_TEST_KILL."""
+    from mnist_cnn import checkpoint, cli
+
+    spy = Path(os.environ["MNIST_CNN_TEST_SPY"])
+    rank = int(os.environ.get("RANK", 0))
+    kill_rank, kill_step = map(int, os.environ.get("MNIST_CNN_TEST_KILL", "-1:-1").split(":"))
+
+    real_write = train.atomic_write
+
+    def logged_write(path, raw):
+        with open(spy / f"writes-rank{rank}.txt", "a") as f:
+            f.write(Path(path).name + "\n")
+        real_write(path, raw)
+
+    train.atomic_write = checkpoint.atomic_write = logged_write
+
+    real_resolve = cli.resolve_config
+    cli.resolve_config = lambda args: dataclasses.replace(real_resolve(args), **OVERRIDES)
+
+    built = []
+    real_build = train.build
+    train.build = lambda cfg, device: built.append(real_build(cfg, device)) or built[-1]
+
+    real_train = train.train
+
+    def spied_train(cfg, data, device, run_dir=None, resume=False, on_step=None, on_epoch=None):
+        def step(row):
+            if rank == kill_rank and row["step"] == kill_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            on_step(row)
+
+        model, history = real_train(cfg, data, device, run_dir, resume, step, on_epoch)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, spy / f"final-rank{rank}.safetensors")
+        save_file({k: v.contiguous() for k, v in built[0].state_dict().items()}, spy / f"raw-rank{rank}.safetensors")
+        return model, history
+
+    train.train = spied_train
+    return cli.main(argv)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def launch(args: list[str], spy: Path, nproc: int = 2, kill: str | None = None, timeout: float = 120):
+    spy.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MNIST_CNN_TEST_SPY": str(spy), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if kill:
+        env["MNIST_CNN_TEST_KILL"] = kill
+    launcher = TORCHRUN if nproc > 1 else [sys.executable]
+    t0 = time.perf_counter()
+    proc = subprocess.run(launcher + [str(HERE)] + args, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc, time.perf_counter() - t0
+
+
+def writes(spy: Path, rank: int) -> set[str]:
+    log = spy / f"writes-rank{rank}.txt"
+    return set(log.read_text().split()) if log.exists() else set()
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def runs(mnist_dir, tmp_path_factory):
+    """One 2-process run and one 1-process run of the same recipe and global batch."""
+    root = tmp_path_factory.mktemp("ddp")
+    out = {}
+    for name, nproc in (("ddp", 2), ("single", 1)):
+        run_dir = root / name
+        proc, seconds = launch(TRAIN_ARGS + ["--data-dir", str(mnist_dir), "--out", str(run_dir)],
+                               root / f"spy-{name}", nproc)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        out[name] = {"dir": run_dir, "spy": root / f"spy-{name}", "proc": proc, "seconds": seconds,
+                     "metrics": json.loads((run_dir / "metrics.json").read_text())}
+    return out
+
+
+# ------------------------------------------------------------------ end to end under torchrun
+
+
+def test_ranks_hold_identical_weights_after_training(runs):
+    spy = runs["ddp"]["spy"]
+    for kind in ("raw", "final"):  # the trained weights with their BN statistics, and their EMA
+        assert_same_tensors(load_file(spy / f"{kind}-rank0.safetensors"), load_file(spy / f"{kind}-rank1.safetensors"))
+    saved = load_file(runs["ddp"]["dir"] / "model.safetensors")
+    assert_same_tensors(saved, load_file(spy / "final-rank0.safetensors"))
+    # EMA and raw weights differ, so the comparison above could have failed.
+    assert not torch.equal(saved["head.weight"], load_file(spy / "raw-rank0.safetensors")["head.weight"])
+
+
+def test_rank0_alone_writes_the_outputs_and_prints(runs):
+    ddp = runs["ddp"]
+    assert writes(ddp["spy"], 1) == set()
+    assert writes(ddp["spy"], 0) == OUTPUTS == {p.name for p in ddp["dir"].iterdir()}
+    assert ddp["metrics"]["world_size"] == 2 and runs["single"]["metrics"]["world_size"] == 1
+    assert ddp["proc"].stdout.count("test accuracy") == 1
+    assert ddp["proc"].stdout.count("recipe fast") == 1
+
+
+def test_ddp_accuracy_matches_one_process_with_the_same_global_batch(runs):
+    ddp, single = runs["ddp"]["metrics"], runs["single"]["metrics"]
+    assert single["test_accuracy"] > 80  # the comparison is only meaningful once the model has learned
+    assert abs(ddp["test_accuracy"] - single["test_accuracy"]) < ACCURACY_MARGIN, (ddp, single)
+    # Sharded evaluation, combined with all_reduce, covers the whole test set once.
+    assert "(10000 images)" in runs["ddp"]["proc"].stdout
+    # Both runs took the same optimizer steps over the same permutation.
+    ddp_hist = json.loads((runs["ddp"]["dir"] / "history.json").read_text())
+    single_hist = json.loads((runs["single"]["dir"] / "history.json").read_text())
+    assert [s["lr"] for s in ddp_hist["steps"]] == [s["lr"] for s in single_hist["steps"]]
+    assert len(ddp_hist["steps"]) == 2 * STEPS_PER_EPOCH
+
+
+def test_killed_rank_fails_the_job_fast_and_resume_finishes_it(runs, mnist_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = TRAIN_ARGS + ["--data-dir", str(mnist_dir), "--out", str(run_dir), "--dist-timeout", "20"]
+    # Rank 1 dies after the first step of epoch 2; epoch 1 was saved before that step could finish.
+    proc, seconds = launch(args, tmp_path / "spy-killed", kill=f"1:{STEPS_PER_EPOCH}")
+    report = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and seconds < 60, report[-3000:]
+    assert "SIGKILL" in report and re.search(r"rank\s*:\s*1", report), report[-3000:]  # torchrun names the lost rank
+    assert not (run_dir / "metrics.json").exists()
+
+    proc, _ = launch(["train", "--resume", str(run_dir), "--data-dir", str(mnist_dir)], tmp_path / "spy-resumed")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert_same_tensors(load_file(run_dir / "model.safetensors"), load_file(runs["ddp"]["dir"] / "model.safetensors"))
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+
+
+def test_missing_rank_times_out_with_a_clear_error(mnist_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mnist_cnn", *TRAIN_ARGS, "--data-dir", str(mnist_dir),
+                           "--out", str(tmp_path / "run"), "--dist-timeout", "2"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and time.perf_counter() - t0 < 30, proc.stderr[-2000:]
+    assert "error: rank 0 of 2: lost contact with the other ranks" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ in-process units
+
+
+def test_ranks_split_each_global_batch_into_disjoint_shards(monkeypatch):
+    whole = train.epoch_batches(1000, 50, torch.Generator().manual_seed(7))
+    shards = []
+    for r in range(3):  # 50 images over 3 ranks: 17, 17 and 16
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        monkeypatch.setattr(distributed, "world_size", lambda: 3)
+        shards.append(train.epoch_batches(1000, 50, torch.Generator().manual_seed(7)))
+    assert all(len(s) == len(whole) for s in shards)
+    for i, batch in enumerate(whole):
+        parts = [s[i] for s in shards]
+        assert sorted(torch.cat(parts).tolist()) == sorted(batch.tolist())
+        assert sorted(len(p) for p in parts) == [16, 17, 17]
+
+
+def test_uneven_shards_step_like_one_process(monkeypatch):
+    """Averaging the ranks' gradients (what DDP does) gives one process's step, even for 50 images on 3 ranks."""
+    from mnist_cnn.data import MNIST
+    from mnist_cnn.recipes import TrainConfig
+
+    # No batch norm, dropout or augmentation: those differ per rank by design.
+    cfg = TrainConfig(model="seed", model_args={"conv1": 4, "conv2": 4, "fc1": 8, "fc2": 8, "dropout": 0.0},
+                      batch_size=50, optimizer="sgd", lr=1.0, momentum=0.0, epochs=1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8, generator=g), torch.randint(0, 10, (50,), generator=g)
+    data = MNIST(x, y, x[:0], y[:0], x[:0], y[:0])
+
+    def step(rank: int, world: int) -> torch.Tensor:  # the weight change of one SGD step (lr 1: minus the gradient)
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        model = train.build(cfg, "cpu")
+        before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+        train.train_one_epoch(model, train.make_optimizer(model, cfg), data, cfg, 0, 0, 1, 1)
+        return torch.nn.utils.parameters_to_vector(model.parameters()).detach() - before
+
+    one = step(0, 1)
+    ranks = sum(step(r, 3) for r in range(3)) / 3
+    assert one.abs().max() > 0
+    assert torch.allclose(ranks, one, atol=1e-5), (ranks - one).abs().max()
+
+
+if __name__ == "__main__":
+    sys.exit(worker(sys.argv[1:]))

@@ -1,0 +1,294 @@
+"""The REST API through the app (httpx): every endpoint, every bad input, and the same answers as the CLI path."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import struct
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from mnist_cnn import preprocess, serve
+from mnist_cnn.cli import main
+from mnist_cnn.predict import Predictor
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.from_path(None, min_confidence=0.5)
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    with TestClient(serve.create_app(predictor)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def digits(test_split, predictor):
+    """Test digits the shipped model gets right as raw MNIST, with labels: the oracle for the image paths."""
+    x, y = test_split[0][:60], test_split[1][:60]
+    right = [i for i, p in enumerate(predictor.predict_arrays(x)) if p.digit == int(y[i])]
+    return x[right[:12]], y[right[:12]]
+
+
+def paper_png(digit: torch.Tensor, scale: int = 6, mode: str = "L") -> bytes:
+    """An MNIST digit as a person's image: dark ink on light paper, enlarged, with a margin."""
+    ink = Image.fromarray(255 - digit.numpy()).resize((28 * scale, 28 * scale), Image.BILINEAR)
+    page = Image.new("L", (40 * scale, 36 * scale), 255)
+    page.paste(ink, (7 * scale, 4 * scale))
+    buf = io.BytesIO()
+    page.convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(raw: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(raw).decode()
+
+
+def from_data_url(url: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims a huge size in its header (no pixel data): checks must not decode it."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + body)))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+# ------------------------------------------------------------ endpoints
+
+
+def test_health_page_static_and_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text and "/static/app.js" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for name in ("app.js", "style.css"):
+        asset = client.get(f"/static/{name}")
+        assert asset.status_code == 200 and len(asset.text) > 500
+    # Everything the page needs comes from the package: no CDN, no other origin.
+    for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/predict", "/api/predict/batch", "/api/model", "/healthz"} <= set(paths)
+    assert client.get("/docs").status_code == 200
+
+
+def test_model_endpoint_reports_the_loaded_checkpoint(client, predictor):
+    info = client.get("/api/model").json()
+    assert info["arch"] == predictor.meta["arch"] and info["backend"] == "torch"
+    assert info["test_accuracy"] == predictor.meta["metrics"]["test_accuracy"]
+    assert info["classes"] == predictor.meta["classes"] and info["limits"]["max_batch"] > 1
+
+
+def test_image_upload_matches_the_cli_path(client, predictor, digits):
+    """Multipart, data URL and raw-body uploads give what `predict` gives, and show the same 28x28."""
+    x, y = digits
+    for digit, label in zip(x[:6], y[:6]):
+        raw = paper_png(digit)
+        expect = predictor.predict_image(preprocess.decode(raw))
+        answers = [client.post("/api/predict", files={"file": ("d.png", raw, "image/png")}),
+                   client.post("/api/predict", json={"image": data_url(raw)}),
+                   client.post("/api/predict", content=raw, headers={"content-type": "image/png"})]
+        for r in answers:
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["digit"] == expect.digit == int(label) and body["status"] == "ok"
+            np.testing.assert_allclose(body["probabilities"], expect.probabilities, atol=1e-6)
+            seen = from_data_url(body["processed_png"])
+            assert seen.shape == (28, 28) and np.array_equal(seen, expect.processed.numpy())
+
+
+def test_pixels_go_to_the_network_as_they_are(client, predictor, digits):
+    x, y = digits
+    expect = predictor.predict_arrays(x)
+    for digit, e in zip(x, expect):
+        body = client.post("/api/predict", json={"pixels": digit.tolist()}).json()
+        assert body["digit"] == e.digit
+        np.testing.assert_allclose(body["probabilities"], e.probabilities, atol=1e-6)
+        assert np.array_equal(from_data_url(body["processed_png"]), digit.numpy())
+
+
+def test_empty_canvas_is_empty_not_a_guess(client):
+    buf = io.BytesIO()
+    Image.new("RGBA", (280, 280), (0, 0, 0, 0)).save(buf, format="PNG")
+    body = client.post("/api/predict", files={"file": ("c.png", buf.getvalue(), "image/png")}).json()
+    assert body["status"] == "empty" and body["digit"] is None and body["processed_png"] is None
+
+
+def test_unsure_below_min_confidence(predictor, digits, test_split):
+    """Blends of two digits make low-confidence inputs; the status follows the predictor's probability."""
+    x = digits[0]
+    blends = ((x[:6].float() + x[6:12].float()) / 2).to(torch.uint8)
+    both = torch.cat([x[:6], blends])
+    probs = [p.probability for p in predictor.predict_arrays(both)]
+    threshold = float(np.median(probs))
+    strict = Predictor(predictor.model, predictor.meta, min_confidence=threshold)
+    with TestClient(serve.create_app(strict)) as c:
+        results = c.post("/api/predict/batch", json={"pixels": both.tolist()}).json()["results"]
+    statuses = [r["status"] for r in results]
+    assert statuses == ["unsure" if p < threshold else "ok" for p in probs]
+    assert "unsure" in statuses and "ok" in statuses
+
+
+def test_multi_digit_number(client, predictor, digits):
+    x, y = digits
+    strip = torch.cat([torch.zeros(28, 8, dtype=torch.uint8)] + [torch.cat([d, torch.zeros(28, 8, dtype=torch.uint8)], 1)
+                                                                 for d in x[:4]], 1)
+    buf = io.BytesIO()
+    Image.fromarray(255 - strip.numpy()).resize((strip.shape[1] * 5, 28 * 5)).save(buf, format="PNG")
+    expect = predictor.predict_number(preprocess.decode(buf.getvalue()))
+    body = client.post("/api/predict?multi=true", files={"file": ("n.png", buf.getvalue(), "image/png")}).json()
+    assert body["text"] == expect.text == "".join(str(int(v)) for v in y[:4])
+    assert len(body["digits"]) == 4 and all(from_data_url(d["processed_png"]).shape == (28, 28)
+                                            for d in body["digits"])
+
+
+def test_batch_matches_single_and_isolates_bad_items(client, digits):
+    x, _ = digits
+    raws = [paper_png(d) for d in x[:3]]
+    single = [client.post("/api/predict", json={"image": data_url(r)}).json() for r in raws]
+    files = [("files", (f"{i}.png", r, "image/png")) for i, r in enumerate(raws)]
+    by_form = client.post("/api/predict/batch", files=files).json()["results"]
+    by_json = client.post("/api/predict/batch", json={"images": [data_url(r) for r in raws]}).json()["results"]
+    for a, b, s in zip(by_form, by_json, single):
+        assert a["digit"] == b["digit"] == s["digit"]
+        np.testing.assert_allclose(a["probabilities"], s["probabilities"], atol=1e-5)  # batch size: float order
+    mixed = client.post("/api/predict/batch", json={"images": [data_url(raws[0]), data_url(b"not an image")]})
+    assert mixed.status_code == 200
+    good, bad = mixed.json()["results"]
+    assert good["digit"] == single[0]["digit"] and bad["status_code"] == 422 and "not an image" in bad["error"]
+
+
+# ---------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs, code, words", [
+    (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "content type"),
+    (dict(content=b"hello"), 415, "content type"),
+    (dict(files={"file": ("x.png", b"just text", "image/png")}), 422, "not an image"),
+    (dict(files={"file": ("x.png", b"", "image/png")}), 422, "empty"),
+    (dict(content=b"{not json", headers={"content-type": "application/json"}), 422, "JSON"),
+    (dict(json=[1, 2, 3]), 422, "expected a JSON object"),
+    (dict(json={"image": "data:image/png;base64,%%%"}), 422, "base64"),
+    (dict(json={"image": "data:image/png,rawtext"}), 422, "base64"),
+    (dict(json={"image": 42}), 422, "string"),
+    (dict(json={"pixels": [[0] * 28] * 27}), 422, "shape"),
+    (dict(json={"pixels": [[300] * 28] * 28}), 422, "0..255"),
+    (dict(json={"pixels": [[0] * 28] * 27 + [[0] * 5]}), 422, "rectangular"),
+    (dict(json={"pixels": [["a"] * 28] * 28}), 422, "numbers"),
+    (dict(content=b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--b--\r\n',
+          headers={"content-type": "multipart/form-data; boundary=b"}), 422, "no file"),
+    (dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}), 422, None),
+    (dict(files=[("a", ("a.png", b"1", "image/png")), ("b", ("b.png", b"2", "image/png"))]), 422, "batch"),
+])
+def test_bad_input_gets_a_clear_json_error(client, kwargs, code, words):
+    r = client.post("/api/predict", **kwargs)
+    assert r.status_code == code, r.text
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and (words is None or words.lower() in detail.lower())
+
+
+def test_truncated_and_query_errors(client, digits):
+    raw = paper_png(digits[0][0])
+    r = client.post("/api/predict", files={"file": ("t.png", raw[: len(raw) // 2], "image/png")})
+    assert r.status_code == 422 and "truncated" in r.json()["detail"]
+    assert client.post("/api/predict?multi=maybe", json={"image": data_url(raw)}).status_code == 422
+    r = client.post("/api/predict?multi=true", json={"pixels": digits[0][0].tolist()})
+    assert r.status_code == 422 and "multi" in r.json()["detail"]
+
+
+def test_size_limits_give_413(predictor):
+    limits = serve.Limits(max_body_bytes=20_000, max_pixels=100_000, max_batch=3)
+    with TestClient(serve.create_app(predictor, limits=limits)) as c:
+        big = c.post("/api/predict", content=b"\0" * 30_000, headers={"content-type": "image/png"})
+        assert big.status_code == 413 and "limit" in big.json()["detail"]
+
+        def chunks():  # no Content-Length: the limit is enforced while the body streams in
+            for _ in range(10):
+                yield b"\0" * 5_000
+        assert c.post("/api/predict", content=chunks(), headers={"content-type": "image/png"}).status_code == 413
+        r = c.post("/api/predict", content=png_header(400, 400), headers={"content-type": "image/png"})
+        assert r.status_code == 413 and "pixels" in r.json()["detail"]
+        r = c.post("/api/predict/batch", json={"pixels": [[[0] * 28] * 28] * 4})
+        assert r.status_code == 413 and "limit is 3" in r.json()["detail"]
+    with TestClient(serve.create_app(predictor)) as c:  # a decompression bomb's header, at default limits
+        r = c.post("/api/predict", content=png_header(50_000, 50_000), headers={"content-type": "image/png"})
+        assert r.status_code == 413
+
+
+class SlowPredictor:
+    """Wraps a predictor: each forward pass takes `delay` seconds and records its batch size."""
+
+    def __init__(self, inner, delay):
+        self.inner, self.delay, self.batches = inner, delay, []
+        self.meta, self.min_confidence = inner.meta, inner.min_confidence
+
+    def predict_arrays(self, x):
+        self.batches.append(len(x))
+        time.sleep(self.delay)
+        return self.inner.predict_arrays(x)
+
+
+def test_timeout_gives_503(predictor, digits):
+    slow = SlowPredictor(predictor, delay=0.5)
+    with TestClient(serve.create_app(slow, limits=serve.Limits(work_timeout_s=0.1))) as c:
+        r = c.post("/api/predict", json={"pixels": digits[0][0].tolist()})
+    assert r.status_code == 503 and "took over" in r.json()["detail"]
+
+
+def test_slow_body_gives_408(predictor):
+    app = serve.create_app(predictor, limits=serve.Limits(body_timeout_s=0.1))
+    sent = []
+
+    async def receive():
+        await asyncio.sleep(10)  # a client that never finishes its body
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"", "root_path": "",
+             "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+             "headers": [(b"content-type", b"image/png"), (b"content-length", b"100")]}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 5))
+    assert sent[0]["status"] == 408 and b"took over" in sent[1]["body"]
+
+
+def test_concurrent_requests_share_a_forward_pass_and_never_block_the_loop(predictor, digits):
+    slow = SlowPredictor(predictor, delay=0.3)
+    app = serve.create_app(slow)
+    body = {"pixels": digits[0][0].tolist()}
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            t0 = time.perf_counter()
+            first = asyncio.create_task(c.post("/api/predict", json=body))
+            await asyncio.sleep(0.05)  # the first request is now in its forward pass
+            health = await c.get("/healthz")
+            health_s = time.perf_counter() - t0
+            rest = await asyncio.gather(*(c.post("/api/predict", json=body) for _ in range(7)))
+            return [await first, *rest], health, health_s, time.perf_counter() - t0
+
+    answers, health, health_s, total = asyncio.run(go())
+    assert health.status_code == 200 and health_s < 0.25  # answered while the model was busy
+    assert all(r.status_code == 200 and r.json()["digit"] == answers[0].json()["digit"] for r in answers)
+    assert max(slow.batches) > 1 and sum(slow.batches) == 8  # later requests rode along together
+    assert total < 8 * 0.3
+
+
+def test_cli_serve_reports_a_bad_model_without_a_traceback(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "missing.safetensors")]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err

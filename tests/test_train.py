@@ -1,0 +1,112 @@
+"""Training: schedules, augmentation, resume equivalence, and a seeded smoke-train on real MNIST."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mnist_cnn import augment, checkpoint, cli, data, train
+from mnist_cnn.recipes import RECIPES, get_config
+
+
+def test_onecycle_schedule_warms_up_then_decays():
+    cfg = get_config("fast", lr=1.0)
+    lrs = [train.lr_at(s, 100, cfg, 50) for s in range(100)]
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(1.0) and peak == round(cfg.warmup * 100) - 1
+    assert lrs[-1] < 0.02 and all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+
+
+def test_step_schedule_is_steplr():
+    cfg = get_config("reference")
+    assert train.lr_at(0, 1000, cfg, 100) == 1.0
+    assert train.lr_at(250, 1000, cfg, 100) == pytest.approx(0.7 ** 2)
+
+
+def test_seed_recipe_is_the_notebooks():
+    cfg = get_config("seed")
+    assert (cfg.model, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.momentum, cfg.epochs) == ("seed", 50, "sgd", 0.01, 0.95, 3)
+    assert not cfg.normalize and not cfg.augments and cfg.val_size == 0 and cfg.log_every == 1000
+
+
+def test_identity_affine_is_identity():
+    x = torch.rand(3, 1, 28, 28)
+    out = augment.random_affine(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_translate_moves_a_dot_by_whole_pixels():
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 14, 14] = 1
+    out = augment.random_translate(x, torch.Generator().manual_seed(0), pixels=2)
+    pos = out.flatten(1).argmax(1)
+    dy, dx = pos // 28 - 14, pos % 28 - 14
+    assert out.sum() == 64 and dy.abs().max() <= 2 and dx.abs().max() <= 2 and len(set(dy.tolist())) > 1
+
+
+def test_augmentation_is_deterministic_and_device_independent_in_its_draws():
+    x = torch.rand(4, 1, 28, 28)
+    a = augment.random_affine(x, torch.Generator().manual_seed(3), 2, 10, 0.1, 5)
+    b = augment.random_affine(x, torch.Generator().manual_seed(3), 2, 10, 0.1, 5)
+    assert torch.equal(a, b)
+
+
+def test_every_recipe_builds():
+    for name in RECIPES:
+        cfg = get_config(name)
+        model = train.build(cfg, "cpu")
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.fixture(scope="module")
+def small(mnist_dir):
+    return data.load_mnist(mnist_dir, val_size=500, limit_train=2000)
+
+
+def test_resumed_run_equals_uninterrupted_run(small, tmp_path):
+    cfg = get_config("fast", epochs=2, ema_decay=0.9, rotate=5.0)
+    whole, _ = train.train(cfg, small, "cpu", tmp_path / "whole")
+    first = get_config("fast", epochs=2, ema_decay=0.9, rotate=5.0)
+    with pytest.raises(_Crash):  # dies during epoch 2, before its checkpoint
+        train.train(first, small, "cpu", tmp_path / "split", on_epoch=_stop_after_first_epoch)
+    resumed, history = train.train(cfg, small, "cpu", tmp_path / "split", resume=True)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [e["epoch"] for e in history.epochs] == [1, 2]
+
+
+class _Crash(Exception):
+    pass
+
+
+def _stop_after_first_epoch(row):
+    if row["epoch"] == 2:
+        raise _Crash
+
+
+def test_interrupted_run_keeps_its_last_epoch_checkpoint(small, tmp_path):
+    cfg = get_config("fast", epochs=2)
+    with pytest.raises(_Crash):
+        train.train(cfg, small, "cpu", tmp_path, on_epoch=_stop_after_first_epoch)
+    model, meta = checkpoint.load_model(tmp_path)
+    assert meta["config"]["recipe"] == "fast"
+    assert json.loads((tmp_path / "history.json").read_text())["epochs"][0]["epoch"] == 1
+
+
+def test_smoke_train_on_real_subset_beats_threshold(mnist_dir, tmp_path):
+    """End to end through the CLI: 1 epoch of `fast` on 5,000 real images must exceed 90% test accuracy.
+
+    (Measured: 94.8% with seed 1; chance is 10%.)
+    """
+    out = tmp_path / "run"
+    assert cli.main(["train", "--recipe", "fast", "--epochs", "1", "--limit-train", "5000", "--batch-size", "32",
+                     "--seed", "1",
+                     "--data-dir", str(mnist_dir), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 90.0
+    for name in ("model.safetensors", "history.json", "config.json", "run.json", "train_state.safetensors"):
+        assert (out / name).exists()
+    _, meta = checkpoint.load_model(out)
+    assert meta["metrics"]["test_accuracy"] == metrics["test_accuracy"]
