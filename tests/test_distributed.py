@@ -31,11 +31,13 @@ from mnist_cnn import distributed, train
 
 HERE = Path(__file__).resolve()
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-# A run small enough for 2 cores, large enough to learn: 46 steps of batch 128 reach ~90%.
-TRAIN_ARGS = ["train", "--recipe", "fast", "--limit-train", "3000", "--epochs", "2", "--seed", "1"]
+# Small enough for 2 cores, large enough to learn: 2 x 93 steps of batch 32 reach ~95% test accuracy.
+TRAIN_ARGS = ["train", "--recipe", "fast", "--limit-train", "3000", "--batch-size", "32", "--epochs", "2", "--seed", "1"]
 OVERRIDES = {"ema_decay": 0.9, "val_size": 1000}  # exercise EMA under DDP; a smaller validation split
-STEPS_PER_EPOCH = 3000 // 128
-ACCURACY_MARGIN = 3.0  # points: per-rank BN (64 images) and other augmentation draws vs one process
+STEPS_PER_EPOCH = 3000 // 32
+# Points of test accuracy: 2 ranks normalize batch norm over 16 images each, not 32, and draw other
+# augmentations. Measured gaps: 0.1-1.6 points (seeds 1-3 of this run, and 4000 images at batch 64).
+ACCURACY_MARGIN = 3.0
 OUTPUTS = {"config.json", "history.json", "metrics.json", "model.safetensors", "run.json", "train_state.safetensors"}
 
 
@@ -43,21 +45,32 @@ OUTPUTS = {"config.json", "history.json", "metrics.json", "model.safetensors", "
 
 
 def worker(argv: list[str]) -> int:
-    """`mnist-cnn train` with spies; configured by MNIST_CNN_TEST_SPY (a folder) and MNIST_CNN_TEST_KILL."""
-    from mnist_cnn import checkpoint, cli
+    """`mnist-cnn train` with spies; configured by MNIST_CNN_TEST_SPY (a folder), MNIST_CNN_TEST_KILL
+    ("RANK:STEP": that rank SIGKILLs itself after that step) and MNIST_CNN_TEST_REPORT=0 (skip the figures)."""
+    from mnist_cnn import cli, report
 
     spy = Path(os.environ["MNIST_CNN_TEST_SPY"])
     rank = int(os.environ.get("RANK", 0))
     kill_rank, kill_step = map(int, os.environ.get("MNIST_CNN_TEST_KILL", "-1:-1").split(":"))
 
-    real_write = train.atomic_write
+    # Log every file this process opens for writing, or renames, inside the run folder (Python audit events).
+    args = cli.build_parser().parse_args(argv)
+    run_dir = Path(args.resume or args.out).resolve()
+    log = open(spy / f"writes-rank{rank}.txt", "a")
 
-    def logged_write(path, raw):
-        with open(spy / f"writes-rank{rank}.txt", "a") as f:
-            f.write(Path(path).name + "\n")
-        real_write(path, raw)
+    def audit(event, event_args):
+        if event == "open":
+            path, mode, flags = event_args
+            writing = any(c in (mode or "") for c in "wax+") or (flags or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+        elif event == "os.rename":  # os.rename and os.replace
+            path, writing = event_args[1], True
+        else:
+            return
+        if writing and isinstance(path, (str, os.PathLike)) and Path(os.path.abspath(path)).is_relative_to(run_dir):
+            log.write(f"{Path(os.path.abspath(path)).relative_to(run_dir)}\n")
+            log.flush()
 
-    train.atomic_write = checkpoint.atomic_write = logged_write
+    sys.addaudithook(audit)
 
     real_resolve = cli.resolve_config
     cli.resolve_config = lambda args: dataclasses.replace(real_resolve(args), **OVERRIDES)
@@ -80,15 +93,19 @@ def worker(argv: list[str]) -> int:
         return model, history
 
     train.train = spied_train
+    if os.environ.get("MNIST_CNN_TEST_REPORT") == "0":  # figures take seconds and are not under test here
+        report.write_run_report = lambda *args, **kwargs: None
     return cli.main(argv)
 
 
 # ------------------------------------------------------------------ helpers
 
 
-def launch(args: list[str], spy: Path, nproc: int = 2, kill: str | None = None, timeout: float = 120):
+def launch(args: list[str], spy: Path, nproc: int = 2, kill: str | None = None, report: bool = False,
+           timeout: float = 180):
     spy.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MNIST_CNN_TEST_SPY": str(spy), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "MNIST_CNN_TEST_SPY": str(spy), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "MNIST_CNN_TEST_REPORT": "1" if report else "0"}
     if kill:
         env["MNIST_CNN_TEST_KILL"] = kill
     launcher = TORCHRUN if nproc > 1 else [sys.executable]
@@ -98,8 +115,8 @@ def launch(args: list[str], spy: Path, nproc: int = 2, kill: str | None = None, 
 
 
 def writes(spy: Path, rank: int) -> set[str]:
-    log = spy / f"writes-rank{rank}.txt"
-    return set(log.read_text().split()) if log.exists() else set()
+    """Paths (relative to the run folder) that a rank opened for writing or renamed into place."""
+    return set((spy / f"writes-rank{rank}.txt").read_text().split())
 
 
 def assert_same_tensors(a: dict, b: dict) -> None:
@@ -116,7 +133,7 @@ def runs(mnist_dir, tmp_path_factory):
     for name, nproc in (("ddp", 2), ("single", 1)):
         run_dir = root / name
         proc, seconds = launch(TRAIN_ARGS + ["--data-dir", str(mnist_dir), "--out", str(run_dir)],
-                               root / f"spy-{name}", nproc)
+                               root / f"spy-{name}", nproc, report=name == "ddp")
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         out[name] = {"dir": run_dir, "spy": root / f"spy-{name}", "proc": proc, "seconds": seconds,
                      "metrics": json.loads((run_dir / "metrics.json").read_text())}
@@ -139,7 +156,8 @@ def test_ranks_hold_identical_weights_after_training(runs):
 def test_rank0_alone_writes_the_outputs_and_prints(runs):
     ddp = runs["ddp"]
     assert writes(ddp["spy"], 1) == set()
-    assert writes(ddp["spy"], 0) == OUTPUTS == {p.name for p in ddp["dir"].iterdir()}
+    outputs = {str(p.relative_to(ddp["dir"])) for p in ddp["dir"].rglob("*") if p.is_file()}
+    assert OUTPUTS <= outputs <= writes(ddp["spy"], 0)
     assert ddp["metrics"]["world_size"] == 2 and runs["single"]["metrics"]["world_size"] == 1
     assert ddp["proc"].stdout.count("test accuracy") == 1
     assert ddp["proc"].stdout.count("recipe fast") == 1

@@ -16,7 +16,7 @@ from mnist_cnn import checkpoint, cli, data, export, models
 from mnist_cnn.augment import to_float
 from mnist_cnn.evaluate import evaluate
 
-SHIPPED = "/tmp/exp/fast.safetensors"  # DEV TEMP
+SHIPPED = None  # the model shipped in the package
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,18 @@ def test_a_foreign_onnxruntime_program_runs_it(shipped, fp32_file, test_split, t
     assert [int(c) for c in json.loads(out.stdout)] == want.tolist()
 
 
+def test_torch_and_onnx_backends_give_the_same_answers(fp32_file, test_split):
+    from mnist_cnn.predict import Predictor
+
+    x = test_split[0][:300]
+    torch_preds = Predictor.from_path(SHIPPED, backend="torch").predict_arrays(x)
+    onnx_preds = Predictor.from_path(fp32_file, backend="onnx").predict_arrays(x)
+    assert [p.digit for p in onnx_preds] == [p.digit for p in torch_preds]
+    assert np.allclose([p.probabilities for p in onnx_preds], [p.probabilities for p in torch_preds], atol=1e-5)
+    with pytest.raises(checkpoint.CheckpointError, match="needs an .onnx file"):
+        Predictor.from_path(None, backend="onnx")
+
+
 def test_a_foreign_onnx_file_is_refused(tmp_path):
     x = onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 1, 28, 28])
     y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 1, 28, 28])
@@ -137,11 +149,12 @@ def test_a_foreign_onnx_file_is_refused(tmp_path):
         export.load_onnx(tmp_path / "missing.onnx")
 
 
-@pytest.mark.parametrize("bound", ["PARITY_MAX_ABS_LOGIT", "INT8_MAX_DROP"])
-def test_a_failed_check_writes_nothing(bound, monkeypatch, tmp_path, mnist_dir):
+@pytest.mark.parametrize("bound, message", [("PARITY_MAX_ABS_LOGIT", "differs from PyTorch"),
+                                            ("INT8_MAX_DROP", "int8 loses")])
+def test_a_failed_check_writes_nothing(bound, message, monkeypatch, tmp_path, mnist_dir):
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors", widths=(4, 8), depth=1)
     monkeypatch.setattr(export, bound, -100.0)  # an impossible bound: the check must fail
-    with pytest.raises(export.ExportError, match="nothing written"):
+    with pytest.raises(export.ExportError, match=f"{message}.*nothing written"):
         export.export_checkpoint(ckpt, tmp_path / "out.onnx", int8=True, data_dir=mnist_dir, calibration_images=200)
     assert not (tmp_path / "out.onnx").exists()
 

@@ -292,3 +292,19 @@ def test_concurrent_requests_share_a_forward_pass_and_never_block_the_loop(predi
 def test_cli_serve_reports_a_bad_model_without_a_traceback(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing.safetensors")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_onnx_backend_serves_the_same_answers(predictor, digits, tmp_path):
+    from mnist_cnn import export
+
+    raw = tmp_path / "raw.onnx"
+    export.to_onnx(predictor.model, raw)
+    export.write_with_contract(raw, tmp_path / "model.onnx", predictor.meta)
+    onnx = Predictor.from_path(tmp_path / "model.onnx", backend="onnx", min_confidence=0.5)
+    x = digits[0]
+    with TestClient(serve.create_app(onnx, backend="onnx")) as c:
+        assert c.get("/api/model").json()["backend"] == "onnx"
+        results = c.post("/api/predict/batch", json={"pixels": x.tolist()}).json()["results"]
+    for r, e in zip(results, predictor.predict_arrays(x)):
+        assert r["digit"] == e.digit
+        np.testing.assert_allclose(r["probabilities"], e.probabilities, atol=1e-4)

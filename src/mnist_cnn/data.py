@@ -96,6 +96,10 @@ def sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask means setting it; put it straight back
+
+
 def atomic_write(path: Path, raw: bytes) -> None:
     """Write then rename, so a crash or a concurrent reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,7 @@ def atomic_write(path: Path, raw: bytes) -> None:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ training loop has one code path. Design choices (README: "Scaling out with torch
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from datetime import timedelta
 
@@ -114,7 +115,10 @@ def wrap(model: nn.Module) -> nn.Module:
         return model
     device = next(model.parameters()).device
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    ddp = nn.parallel.DistributedDataParallel
+    # Newer torch renamed the flag; both spellings still sync buffers once, at construction.
+    flag = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+    return ddp(model, device_ids=device_ids, **{flag: False})
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -253,7 +253,10 @@ def read_metadata(sess, path: Path | str = "model") -> dict:
     return meta
 
 
-def load_onnx(path: Path | str, threads: int | None = None) -> tuple[OnnxModel, dict]:
+def load_onnx(path: Path | str | None, threads: int | None = None) -> tuple[OnnxModel, dict]:
     """(callable backed by an ONNX Runtime session, metadata shaped like `checkpoint.load_model`'s)."""
+    if path is None:  # no ONNX model ships with the package; the torch backend's default has no twin here
+        raise ExportError("the onnx backend needs an .onnx file: make one with "
+                          "`mnist-cnn export --format onnx --out model.onnx` and pass its path")
     sess = session(path, threads)
     return OnnxModel(sess), read_metadata(sess, path)

@@ -29,6 +29,7 @@ WORK_SIDE = 1024  # ink is found on a copy at most this big; the crop itself is 
 BOX, FIELD = 20, 28  # MNIST: the digit's box, and the field it is centred in
 CENTRE = 14.0  # mean centre of mass of the MNIST test digits, in pixel-index coordinates (measured)
 MIN_CONTRAST = 0.10  # ink must stand this far (of full scale) above the paper, or the image is empty
+LEVEL_PCT, FLOOR, THRESH = 50, 0.25, 0.5
 SPECK = 0.03  # components smaller than this fraction of the largest one are specks
 
 
@@ -218,8 +219,8 @@ def find_ink(img: Image.Image) -> Page | None:
     peak = float(d.max())
     if peak < max(MIN_CONTRAST, 8 * spread):
         return None
-    level = float(np.percentile(d[d > 0.3 * peak], 75))
-    threshold = max(0.45 * level, 4 * spread)
+    level = float(np.percentile(d[d > 0.3 * peak], LEVEL_PCT))
+    threshold = max(THRESH * level, 4 * spread)
     labels, n = label_components(d > threshold)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     keep = areas >= max(2, SPECK * areas.max())
@@ -262,8 +263,8 @@ def render(page: Page, mask: np.ndarray) -> torch.Tensor:
         crop = page.full[y0 * f:y1 * f, x0 * f:x1 * f]
         ink = (1 - crop if page.invert else crop) - _upsample(page.background, (y0, y1, x0, x1), f)
         keep = keep.repeat(f, 0).repeat(f, 1)
-    v = np.clip(ink / page.level, 0, 1) * keep  # grey levels kept, specks and paper zeroed
-    by0, by1, bx0, bx1 = bbox(v > page.threshold / page.level)
+    v = np.clip((ink / page.level - FLOOR) / (1 - FLOOR), 0, 1) * keep  # grey levels kept, specks and paper zeroed
+    by0, by1, bx0, bx1 = bbox(v > (page.threshold / page.level - FLOOR) / (1 - FLOOR))
     scale = BOX / max(by1 - by0, bx1 - bx0)
     m = math.ceil(1.5 / scale)  # keep 1.5 output pixels of faint edge around the box
     by0, bx0, by1, bx1 = max(0, by0 - m), max(0, bx0 - m), by1 + m, bx1 + m
@@ -332,17 +333,23 @@ def digit_masks(labels: np.ndarray, count: int) -> list[np.ndarray]:
                     break
             if merged:
                 break
-    height = max(_span(boxes, g)[1] - _span(boxes, g)[0] for g in groups)
+    spans = [_span(boxes, g) for g in groups]
+    sizes = np.array([areas[g].sum() for g in groups])
+    heights = np.array([y1 - y0 for y0, y1, _, _ in spans])
+    height = float(np.median(heights[sizes >= 0.25 * sizes.max()]))  # a digit's height in this number
+    # A short, light group is a piece of a digit (a 5's detached bar), not a digit: attach it to
+    # the digit it overlaps most, or that is nearest; far from every digit, it is a stray mark.
+    piece = (heights < 0.5 * height) & (sizes < 0.3 * np.median(sizes))
+    digits = [k for k in range(len(groups)) if not piece[k]] or list(range(len(groups)))
+    members = {k: list(groups[k]) for k in digits}
+    for k in set(range(len(groups))) - set(digits):
+        best = max(digits, key=lambda d: (_overlap(spans[d], spans[k]), -_gap(spans[d], spans[k])))
+        if _gap(spans[best], spans[k]) < 0.3 * height:
+            members[best] += groups[k]
     masks = []
-    for g in groups:
-        y0, y1, x0, x1 = _span(boxes, g)
-        mask = np.isin(labels, np.array(g) + 1)
-        if sum(areas[g]) < 0.1 * areas.max() and y1 - y0 < 0.4 * height:  # a stray fragment
-            near = [k for k, m in enumerate(masks) if _gap(bbox(m), (y0, y1, x0, x1)) < 0.3 * height]
-            if near:
-                masks[near[-1]] |= mask
-            continue
-        masks.extend(_split(mask, y1 - y0, x0, x1))
+    for k in digits:
+        y0, y1, x0, x1 = _span(boxes, members[k])
+        masks.extend(_split(np.isin(labels, np.array(members[k]) + 1), max(y1 - y0, height), x0, x1))
     return masks
 
 

@@ -34,7 +34,7 @@ class TrainProgress:
         if self.enabled and row["step"] % self.cfg.log_every == 0:
             self.bar.write("Train Step: {}\tLoss: {:.10f}\tAccuracy: {:.10f}".format(row["step"], row["loss"], row["acc"]))
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: dict, model=None) -> None:
         if not self.enabled:
             return
         val = f", validation accuracy {row['val_acc']:.2f}%" if "val_acc" in row else ""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from datetime import datetime
 from pathlib import Path
@@ -30,8 +29,8 @@ REPORT_DIR = "report"
 RED, GREEN, BLUE, ORANGE = "#c62828", "#2e7d32", "#1565c0", "#ef6c00"
 
 
-def new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout=layout)
     FigureCanvasAgg(fig)  # attach an Agg canvas to this figure only
     return fig
 
@@ -159,7 +158,9 @@ def misclassified_indices(probabilities: torch.Tensor, labels: torch.Tensor) -> 
 def digit_grid(images, titles: list[str], colors: list[str], cols: int = 8, title: str = "") -> Figure:
     """One small panel per digit, drawn as black ink on white, with a coloured title."""
     rows = max(1, math.ceil(len(titles) / cols))
-    fig = new_figure(cols * 1.35, rows * 1.55 + 0.5)
+    height = rows * 1.55 + 0.5
+    fig = new_figure(cols * 1.35, height, layout=None)  # a fixed grid: constrained layout costs seconds here
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.55 / height, wspace=0.1, hspace=0.35)
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for ax in axes:
         ax.axis("off")
@@ -175,9 +176,9 @@ def misclassified_figure(images, labels, probabilities, limit: int = 48, classes
     wrong = misclassified_indices(probabilities, labels)
     shown = wrong[:limit].tolist()
     confidence, pred = torch.as_tensor(probabilities).cpu().max(1)
-    titles = [f"{classes[int(labels[i])]} → {classes[int(pred[i])]} ({confidence[i]:.0%})" for i in shown]
+    titles = [f"{classes[int(labels[i])]} → {classes[int(pred[i])]} ({confidence[i]:.1%})" for i in shown]
     head = f"{len(shown)} most confident of {len(wrong)} misclassified" if len(wrong) > len(shown) \
-        else f"all {len(wrong)} misclassified"
+        else f"all {len(wrong)} misclassified" if len(wrong) else "no misclassified digits"
     fig = digit_grid([images[i] for i in shown], titles, [RED] * len(shown),
                      title=f"{head} (true → predicted, confidence); worst first")
     return fig
@@ -266,7 +267,7 @@ def html_report(title: str, config: dict, metrics: dict, pngs: dict[str, bytes])
     """One self-contained page: the figures are embedded as data URLs, so it opens offline anywhere."""
     e = html.escape
     subtitle = " · ".join(str(x) for x in (f"recipe {config.get('recipe', '?')}", config.get("model", "?"),
-                                          f"{config.get('epochs', '?')} epochs", metrics.get("device")) if x)
+                                          f"{config.get('epochs', '?')} epoch" + ("" if config.get("epochs") == 1 else "s"), metrics.get("device")) if x)
     cards = "".join(f'<div class="card"><b data-key="{k}">{e(fmt(k, metrics[k]))}</b><span>{e(label)}</span></div>'
                     for k, label in (("test_accuracy", "test accuracy"), ("test_loss", "test loss"),
                                      ("val_accuracy", "validation accuracy"), ("ece", "calibration error (ECE)"),

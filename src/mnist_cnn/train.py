@@ -152,10 +152,11 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 
 def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, resume: bool = False,
           on_step: Callable[[dict], None] | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, History]:
+          on_epoch: Callable[[dict, nn.Module], None] | None = None) -> tuple[nn.Module, History]:
     """Train a recipe on in-memory data; return the final model (the EMA one when enabled) and history.
 
-    With `run_dir`, rank 0 writes model.safetensors, train_state.safetensors and
+    `on_epoch(row, model)` sees each epoch's summary and the model being trained (the EMA one
+    when enabled), e.g. to score it at fixed points. With `run_dir`, rank 0 writes model.safetensors, train_state.safetensors and
     history.json atomically after every epoch; `resume` continues from them.
     """
     model = build(cfg, device)
@@ -193,7 +194,7 @@ def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, re
             row.update(val_acc=val.accuracy, val_loss=val.loss)
         history.epochs.append(row)
         if on_epoch is not None:
-            on_epoch(row)
+            on_epoch(row, ema or model)
         if run_dir is not None and distributed.is_main():
             save_train_state(Path(run_dir), cfg, model, optimizer, ema, history, epoch + 1)
     return (ema or model).eval(), history

@@ -184,9 +184,9 @@ function setState(state, digit, status) {
 
 function showIdle() {
   setState("idle", "–", "Draw a digit, or upload a photo of one.");
-  $("preview").hidden = true;
+  showPreview(null);
   $("bars").replaceChildren();
-  $("digits").hidden = true;
+  $("digits-box").hidden = true;
   result.dataset.pending = "false";
 }
 
@@ -194,14 +194,14 @@ function showError(message) {
   setState("error", "!", `Could not read that: ${message}`);
 }
 
-function showPreview(img, dataUrl) {
-  img.hidden = !dataUrl;
-  if (dataUrl) img.src = dataUrl;
+function showPreview(dataUrl) {
+  $("preview-box").hidden = !dataUrl;
+  if (dataUrl) $("preview").src = dataUrl;
 }
 
 function showDigit(p) {
-  $("digits").hidden = true;
-  showPreview($("preview"), p.processed_png);
+  $("digits-box").hidden = true;
+  showPreview(p.processed_png);
   if (p.status === "empty") {
     setState("empty", "–", "No ink found: draw a digit.");
     $("bars").replaceChildren();
@@ -231,10 +231,10 @@ function drawBars(probs, top) {
 
 function showNumber(n) {
   $("bars").replaceChildren();
-  $("preview").hidden = true;
+  showPreview(null);
+  $("digits-box").hidden = !n.digits.length;
   if (!n.digits.length) {
     setState("empty", "–", "No ink found: write a number.");
-    $("digits").hidden = true;
     return;
   }
   const unsure = n.digits.filter((d) => d.status !== "ok").length;
@@ -254,7 +254,6 @@ function showNumber(n) {
     li.append(img, cap);
     return li;
   }));
-  $("digits").hidden = false;
 }
 
 // ---------------------------------------------------------------- start-up
