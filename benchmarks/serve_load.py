@@ -7,7 +7,7 @@ asyncio HTTP/1.1 client, so it takes as little CPU as it can from the server it 
 machine). Payloads: "pixels" (a 28x28 JSON array, no image decoding), "png" (the MNIST digit as a 28x28
 PNG, full preprocessing) and "canvas" (a 280x280 transparent PNG with dark ink, what the page sends).
 
-    python benchmarks/serve_load.py --concurrency 1 8 32 --requests 2000
+    python benchmarks/serve_load.py --concurrency 1 8 32 --requests 2000 --backend torch onnx
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -109,13 +110,13 @@ async def load(port, requests, labels, concurrency, n, time_limit):
             "correct": sum(r[2] for r in results) / max(1, len(results))}
 
 
-def start_server(port: int, args) -> subprocess.Popen:
+def start_server(port: int, backend: str, model: str | None, threads: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mnist_cnn", "serve", "--port", str(port), "--log-level", "warning",
-           "--backend", args.backend, "--threads", str(args.threads)]
-    if args.model:
-        cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd)
-    for _ in range(300):
+           "--backend", backend, "--threads", str(threads)]
+    if model:
+        cmd += ["--model", model]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
             return proc
@@ -124,14 +125,25 @@ def start_server(port: int, args) -> subprocess.Popen:
                 raise SystemExit(f"the server exited with code {proc.returncode}")
             time.sleep(0.1)
     proc.terminate()
-    raise SystemExit("the server did not start within 30 s")
+    raise SystemExit("the server did not start within 60 s")
+
+
+def shipped_onnx(folder: str) -> str:
+    """The shipped checkpoint exported to ONNX (what `mnist-cnn export` writes, without its parity report)."""
+    from mnist_cnn import checkpoint, export
+
+    model, meta = checkpoint.load_model()
+    raw, out = os.path.join(folder, "raw.onnx"), os.path.join(folder, "default.onnx")
+    export.to_onnx(model, raw)
+    export.write_with_contract(raw, out, meta)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint or .onnx (default: shipped model)")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"])
-    parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
+    parser.add_argument("--model", help="checkpoint (torch) or .onnx file (onnx); default: the shipped model")
+    parser.add_argument("--backend", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    parser.add_argument("--threads", type=int, default=1, help="the server's intra-op threads")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--payload", nargs="+", default=["pixels", "png", "canvas"],
                         choices=["pixels", "png", "canvas"])
@@ -141,24 +153,28 @@ def main() -> None:
 
     x, y = data.read_split(data.acquire(log=lambda m: None), "test")
     digits, labels = x[:500].numpy(), y[:500].tolist()
-    port = free_port()
-    server = start_server(port, args)
-    try:
-        model = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model").read())
-        print(f"server: {model['arch']} ({args.backend}, {args.threads} torch thread(s)), {os.cpu_count()} CPUs, "
-              f"client and server on the same machine")
-        print(f"{'payload':8} {'C':>3} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'correct':>7}")
-        for kind in args.payload:
-            requests = make_requests(kind, digits, port)
-            asyncio.run(load(port, requests, labels, 4, 100, 10))  # warm-up
-            for c in args.concurrency:
-                r = asyncio.run(load(port, requests, labels, c, args.requests, args.time_limit))
-                print(f"{kind:8} {c:>3} {r['requests']:>8} {r['errors']:>6} {r['per_s']:>7.0f} {r['p50_ms']:>7.1f} "
-                      f"{r['p99_ms']:>7.1f} {100 * r['correct']:>6.1f}%", flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before the run; client and server share "
+          f"them. Up to {args.requests} requests per row, "
+          f"{args.time_limit:g} s at most; 'right' counts answers equal to the label (unsure ones are not).")
+    print(f"{'backend':7} {'payload':7} {'C':>3} {'requests':>8} {'errors':>6} {'req/s':>6} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'right':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in args.backend:
+            model = args.model or (shipped_onnx(tmp) if backend == "onnx" else None)
+            port = free_port()
+            server = start_server(port, backend, model, args.threads)
+            try:
+                for kind in args.payload:
+                    requests = make_requests(kind, digits, port)
+                    asyncio.run(load(port, requests, labels, 4, 100, 10))  # warm-up
+                    for c in args.concurrency:
+                        r = asyncio.run(load(port, requests, labels, c, args.requests, args.time_limit))
+                        print(f"{backend:7} {kind:7} {c:>3} {r['requests']:>8} {r['errors']:>6} {r['per_s']:>6.0f} "
+                              f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {100 * r['correct']:>5.1f}%", flush=True)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+    print(f"load average {os.getloadavg()[0]:.1f} after the run (other processes on this machine count too)")
 
 
 if __name__ == "__main__":

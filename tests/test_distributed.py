@@ -31,12 +31,13 @@ from mnist_cnn import distributed, train
 
 HERE = Path(__file__).resolve()
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-# Small enough for 2 cores, large enough to learn: 2 x 93 steps of batch 32 reach ~95% test accuracy.
-TRAIN_ARGS = ["train", "--recipe", "fast", "--limit-train", "3000", "--batch-size", "32", "--epochs", "2", "--seed", "1"]
+# Small enough for 2 cores, large enough to learn: 2 x 93 steps of batch 32 reach 96-97% test accuracy.
+TRAIN_ARGS = ["train", "--recipe", "fast", "--limit-train", "3000", "--batch-size", "32", "--epochs", "2",
+              "--seed", "1"]
 OVERRIDES = {"ema_decay": 0.9, "val_size": 1000}  # exercise EMA under DDP; a smaller validation split
 STEPS_PER_EPOCH = 3000 // 32
 # Points of test accuracy: 2 ranks normalize batch norm over 16 images each, not 32, and draw other
-# augmentations. Measured gaps: 0.1-1.6 points (seeds 1-3 of this run, and 4000 images at batch 64).
+# augmentations. Measured gaps: 0.3-1.2 points (seeds 1-3 of this run; 2 processes were lower each time).
 ACCURACY_MARGIN = 3.0
 OUTPUTS = {"config.json", "history.json", "metrics.json", "model.safetensors", "run.json", "train_state.safetensors"}
 
@@ -121,8 +122,8 @@ def writes(spy: Path, rank: int) -> set[str]:
 
 def assert_same_tensors(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    differ = {k: (a[k].double() - b[k].double()).abs().max().item() for k in a if not torch.equal(a[k], b[k])}
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ (max abs diff): {differ}"
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +150,9 @@ def test_ranks_hold_identical_weights_after_training(runs):
         assert_same_tensors(load_file(spy / f"{kind}-rank0.safetensors"), load_file(spy / f"{kind}-rank1.safetensors"))
     saved = load_file(runs["ddp"]["dir"] / "model.safetensors")
     assert_same_tensors(saved, load_file(spy / "final-rank0.safetensors"))
-    # EMA and raw weights differ, so the comparison above could have failed.
-    assert not torch.equal(saved["head.weight"], load_file(spy / "raw-rank0.safetensors")["head.weight"])
+    # EMA and raw weights differ, so the comparisons above could have failed.
+    raw = load_file(spy / "raw-rank0.safetensors")
+    assert any(not torch.equal(saved[k], raw[k]) for k in saved)
 
 
 def test_rank0_alone_writes_the_outputs_and_prints(runs):

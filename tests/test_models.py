@@ -29,7 +29,7 @@ def test_reference_network_is_the_pytorch_example():
 def test_bnnet_returns_logits_for_any_widths(widths, depth):
     model = models.build_model("bnnet", widths=widths, depth=depth).eval()
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
-    assert model.head.in_features == widths[-1]
+    assert model.head.in_features == widths[-1] * (28 >> len(widths)) ** 2
 
 
 def test_unknown_model_is_a_clear_error():

@@ -8,18 +8,22 @@ import io
 import json
 import struct
 import time
+import warnings
 import zlib
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from mnist_cnn import preprocess, serve
 from mnist_cnn.cli import main
 from mnist_cnn.predict import Predictor
+
+with warnings.catch_warnings():  # Starlette 1.x nudges towards httpx2; the [dev] extra ships httpx
+    warnings.simplefilter("ignore", UserWarning)
+    from fastapi.testclient import TestClient
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +212,18 @@ def test_truncated_and_query_errors(client, digits):
     assert client.post("/api/predict?multi=maybe", json={"image": data_url(raw)}).status_code == 422
     r = client.post("/api/predict?multi=true", json={"pixels": digits[0][0].tolist()})
     assert r.status_code == 422 and "multi" in r.json()["detail"]
+
+
+def test_garbage_never_gets_a_500(client):
+    rng = np.random.default_rng(0)
+    junk = [rng.bytes(n) for n in (1, 17, 300, 5000)] + [b"\x89PNG\r\n\x1a\n" + rng.bytes(200), b"GIF89a" + rng.bytes(50)]
+    for path in ("/api/predict", "/api/predict?multi=true", "/api/predict/batch"):
+        for raw in junk:
+            for kind in ("image/png", "application/json", "multipart/form-data; boundary=x", "application/x-foo"):
+                r = client.post(path, content=raw, headers={"content-type": kind})
+                assert r.status_code in (413, 415, 422) and "detail" in r.json(), (path, kind, r.status_code)
+            r = client.post(path, files={"file": ("j.bin", raw, "application/octet-stream")})
+            assert r.status_code in (200, 422), (path, r.status_code)  # batch: a per-image error, 200
 
 
 def test_size_limits_give_413(predictor):

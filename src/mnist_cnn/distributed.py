@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import re
 from datetime import timedelta
 
 import torch
@@ -87,8 +88,8 @@ def is_peer_failure(exc: BaseException) -> bool:
 def session(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S):
     """Join the process group for a block; turn a lost rank into a `DistributedError`.
 
-    On failure the group is not torn down: destroying it would wait on the lost
-    rank. The process exits instead, and torchrun stops the others.
+    On failure the group is left alone and the error propagates, so this process
+    exits non-zero; torchrun then stops the other ranks and exits non-zero too.
     """
     try:
         setup(device_name, timeout_s)
@@ -96,7 +97,8 @@ def session(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S):
     except Exception as exc:
         if launched_by_torchrun() and is_peer_failure(exc):
             who = f"rank {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')}"
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip())  # drop gloo's "[path/to/file.cc:123]"
+            first_line = text.splitlines()[0] if text else type(exc).__name__
             raise DistributedError(
                 f"{who}: lost contact with the other ranks ({first_line}). A rank died, hung for longer "
                 f"than --dist-timeout ({timeout_s:g} s), or could not be reached. Every finished epoch is "
@@ -117,7 +119,8 @@ def wrap(model: nn.Module) -> nn.Module:
     device_ids = [device.index] if device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel
     # Newer torch renamed the flag; both spellings still sync buffers once, at construction.
-    flag = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+    params = inspect.signature(ddp).parameters
+    flag = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
     return ddp(model, device_ids=device_ids, **{flag: False})
 
 

@@ -71,29 +71,33 @@ def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class BNNet(nn.Module):
-    """Our small CPU-friendly network: VGG-style 3x3 conv/BN/ReLU stages, then global pooling.
+    """Our small CPU-friendly network: stages of 3x3 conv/BN/ReLU, each ending in a 2x2 max-pool.
 
-    `widths` gives each stage's channels; each stage has `depth` convs and all but the
-    last end in a 2x2 max-pool (28 -> 14 -> 7). Global average pooling replaces the
-    giant fully-connected layers, so the parameter count is set by the convs alone.
+    `widths` gives each stage's channels and `depth` its number of convs. The head is
+    either `flatten` (all pooled features into one linear layer: fastest to train) or
+    `gap` (global average pooling, then linear: fewest parameters). No giant
+    fully-connected layers either way, and every size is derived from `widths`.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), depth: int = 2, dropout: float = 0.0):
+    def __init__(self, widths: tuple[int, ...] = (32, 64), depth: int = 1, head: str = "flatten",
+                 dropout: float = 0.0):
         super().__init__()
         layers, c_in = [], 1
-        for i, width in enumerate(widths):
-            for _ in range(depth):
-                layers.append(conv_bn(c_in, width))
-                c_in = width
-            if i < len(widths) - 1:
-                layers.append(nn.MaxPool2d(2))
-        self.features = nn.Sequential(*layers)  # (B, widths[-1], 7, 7) for three stages
+        for width in widths:
+            layers += [conv_bn(c_in if i == 0 else width, width) for i in range(depth)]
+            layers.append(nn.MaxPool2d(2))
+            c_in = width
+        self.features = nn.Sequential(*layers)  # (B, widths[-1], side, side)
+        side = IMAGE_SIZE >> len(widths)  # each pool halves (and floors) the side: 28 -> 14 -> 7 -> 3
+        if head not in ("flatten", "gap"):
+            raise ValueError(f"unknown head {head!r}; choose flatten or gap")
+        self.head_kind = head
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(c_in, NUM_CLASSES)
+        self.head = nn.Linear(c_in * side * side if head == "flatten" else c_in, NUM_CLASSES)
 
     def forward(self, x):
         x = self.features(x)
-        x = x.mean(dim=(2, 3))  # global average pool: (B, widths[-1])
+        x = x.flatten(1) if self.head_kind == "flatten" else x.mean(dim=(2, 3))  # (B, features)
         return self.head(self.dropout(x))  # (B, 10) logits
 
 

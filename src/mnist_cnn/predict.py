@@ -9,7 +9,11 @@ normalization constants and the one MNIST-style preprocessing in `preprocess`.
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
 
 import torch
 from PIL import Image
@@ -48,6 +52,11 @@ def empty() -> Prediction:
 
 
 class Predictor:
+    """A model, its metadata (normalization, classes) and the answer policy (top-k, min confidence).
+
+    `model` is any callable from normalized float (B, 1, 28, 28) to logits (B, 10) on its device.
+    """
+
     def __init__(self, model, meta: dict, min_confidence: float = 0.0, topk: int = 3):
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be between 0 and 1, not {min_confidence}")
@@ -101,11 +110,94 @@ class Predictor:
         preds = iter(self.predict_arrays(torch.stack(found)) if found else [])
         return [empty() if x is None else next(preds) for x in xs]
 
+    @torch.inference_mode()
+    def _confidence(self, x: torch.Tensor) -> float:
+        """How sure the model is of all these digits together: the sum of log max-probabilities."""
+        logits = torch.as_tensor(self.model(to_float(x.to(self.device), self.meta["mean"], self.meta["std"])))
+        return float(logits.float().log_softmax(1).amax(1).sum())
+
     def predict_number(self, img: Image.Image) -> NumberPrediction:
         """A written number -> its digits left to right, with each digit's confidence."""
-        digits = preprocess.segment_digits(img)
+        digits = preprocess.segment_digits(img, score=self._confidence)
         if not digits:
             return NumberPrediction(text="", digits=[], status="empty")
         preds = self.predict_arrays(torch.stack(digits))
         text = "".join("?" if p.digit is None else str(p.digit) for p in preds)
         return NumberPrediction(text=text, digits=preds, status="ok" if "?" not in text else "unsure")
+
+
+# ------------------------------------------------------------ many inputs
+
+IMAGE_SUFFIXES = frozenset(Image.registered_extensions())  # what a folder is searched for
+
+
+@dataclass
+class Result:
+    """One input's outcome: a prediction, or an error phrased for a person."""
+
+    name: str
+    prediction: Prediction | NumberPrediction | None = None
+    error: str | None = None
+
+
+def iter_inputs(paths: Iterable[str], stdin: BinaryIO | None = None) -> Iterator[tuple[str, Path | bytes | str]]:
+    """Expand command-line paths lazily into (name, Path or bytes, or an error message).
+
+    "-" is standard input; a folder gives its image files (by name, not recursing), read
+    only when their turn comes; a quoted glob is expanded here.
+    """
+    for arg in paths:
+        path = Path(arg)
+        if arg == "-":
+            yield "-", stdin.read(preprocess.MAX_BYTES + 1) if stdin is not None else "standard input is not available"
+        elif path.is_dir():
+            names = sorted(e.name for e in os.scandir(path)
+                           if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+            if not names:
+                yield arg, "no image files in this folder"
+            yield from ((str(path / name), path / name) for name in names)
+        elif path.exists():
+            yield arg, path
+        elif glob.has_magic(arg):
+            matches = sorted(glob.iglob(arg))
+            if not matches:
+                yield arg, "no files match this pattern"
+            yield from iter_inputs(matches, stdin)
+        else:
+            yield arg, "no such file or folder"
+
+
+def _load(source: Path | bytes | str) -> Image.Image:
+    if isinstance(source, str):
+        raise preprocess.ImageError(source)
+    return preprocess.open_image(source)
+
+
+def predict_inputs(predictor: Predictor, inputs: Iterable[tuple[str, Path | bytes | str]], multi: bool = False,
+                   batch_size: int = 64) -> Iterator[Result]:
+    """Results in input order, streamed: at most `batch_size` images are held at a time."""
+    pending: list[tuple[str, torch.Tensor | None, str | None]] = []
+
+    def flush():
+        found = [x for _, x, _ in pending if x is not None]
+        preds = iter(predictor.predict_arrays(torch.stack(found)) if found else [])
+        for name, x, error in pending:
+            yield Result(name, error=error) if error else Result(name, empty() if x is None else next(preds))
+        pending.clear()
+
+    for name, source in inputs:
+        try:
+            img = _load(source)
+            if multi:
+                yield Result(name, predictor.predict_number(img))
+                continue
+            pending.append((name, preprocess.to_mnist(img), None))
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+            message = str(exc) if isinstance(exc, preprocess.ImageError) else f"cannot process it ({exc!r})"
+            if multi:
+                yield Result(name, error=message)
+                continue
+            pending.append((name, None, message))
+        if len(pending) >= batch_size:
+            yield from flush()
+    yield from flush()

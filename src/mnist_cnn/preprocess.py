@@ -29,8 +29,20 @@ WORK_SIDE = 1024  # ink is found on a copy at most this big; the crop itself is 
 BOX, FIELD = 20, 28  # MNIST: the digit's box, and the field it is centred in
 CENTRE = 14.0  # mean centre of mass of the MNIST test digits, in pixel-index coordinates (measured)
 MIN_CONTRAST = 0.10  # ink must stand this far (of full scale) above the paper, or the image is empty
+NOISE_PEAK, NOISE_INK = 4.0, 2.5  # ...and this many times the paper's noise; ink pixels this many times
+MIN_SIDE = 0.03  # a digit spans at least this fraction of the image's longer side
+# Ink strength is measured against the median stroke pixel (LEVEL_PCT), which maps to white; FLOOR of
+# it maps to black (paper noise and blur skirts), and THRESH of it separates ink from paper. Tuned on
+# the round trip of benchmarks/roundtrip.py (mean pixel distance 7.1 -> 6.7 against 75, 0, 0.45).
 LEVEL_PCT, FLOOR, THRESH = 50, 0.25, 0.5
+STROKE, THIN = 2.6, 0.6  # MNIST's median stroke width (px, at >= 128 of 255; measured); thinner than
+# THIN x that, a stroke is thickened, as a fine pen on a large photo would otherwise vanish in the resize
+CELLS = 8  # the lighting map's resolution, in blocks along each side
 SPECK = 0.03  # components smaller than this fraction of the largest one are specks
+# Multi-digit: a blob wider than SPLIT_H x a digit's height and SPLIT_W x the number's typical digit
+# width holds several digits; between MAYBE_W and SPLIT_W a classifier decides. NARROW x the height is
+# the least typical width (so a number of 1s does not make every other digit look wide).
+SPLIT_H, SPLIT_W, MAYBE_W, NARROW = 1.0, 1.6, 1.2, 0.8
 
 
 class ImageError(ValueError):
@@ -116,28 +128,49 @@ def _median3(x: np.ndarray) -> np.ndarray:
     return np.median(np.stack([p[i:i + h, j:j + w] for i in range(3) for j in range(3)]), axis=0)
 
 
-def _background(x: np.ndarray) -> np.ndarray | float:
-    """The paper's level under the (bright) ink: one number, or a smooth map when the lighting is uneven."""
+def _background(x: np.ndarray) -> np.ndarray:
+    """The paper's level under the (bright) ink: a plane for even light or a gradient, plus a
+    coarse map of what the plane misses when the lighting is uneven (a shadow, a lamp)."""
     h, w = x.shape
-    cells = min(8, max(h, w) // 32)  # blocks of >= 32 px
+    background = _plane(x)
+    cells = min(CELLS, max(h, w) // 16)  # blocks of >= 16 px
     if cells < 3:
-        return float(np.median(x))
+        return background
+    rest = x - background
     ys, xs = np.linspace(0, h, cells + 1).astype(int), np.linspace(0, w, cells + 1).astype(int)
-    # A block's 5th percentile is its paper if a twentieth of it is paper; the minimum over
-    # neighbouring blocks covers blocks that lie wholly inside a thick stroke.
-    grid = np.array([[np.percentile(x[ys[i]:ys[i + 1], xs[j]:xs[j + 1]], 5) for j in range(cells)]
+    # A block's lower quartile is its paper if a quarter of it is paper. A grey opening of the
+    # block grid (3x3 min, then 3x3 max) removes what is narrower than 3 blocks -- strokes lying
+    # wholly inside blocks -- and keeps the slopes and plateaus of the light.
+    grid = np.array([[np.percentile(rest[ys[i]:ys[i + 1], xs[j]:xs[j + 1]], 25) for j in range(cells)]
                      for i in range(cells)])
-    grid = -_maxpool3(-grid)
-    if grid.max() - grid.min() < 0.08:  # even lighting: one level is steadier than a map
-        return float(np.median(x))
+    grid = _pool3(_pool3(grid, np.min), np.max)
+    if grid.max() - grid.min() < 0.08:  # the plane explains the lighting
+        return background
     up = Image.fromarray(grid.astype(np.float32), "F").resize((w, h), Image.Resampling.BILINEAR)
-    return np.asarray(up, dtype=np.float32)
+    return background + np.asarray(up, dtype=np.float32)
 
 
-def _maxpool3(x: np.ndarray) -> np.ndarray:
+def _pool3(x: np.ndarray, op) -> np.ndarray:
     p = np.pad(x, 1, mode="edge")
     h, w = x.shape
-    return np.max(np.stack([p[i:i + h, j:j + w] for i in range(3) for j in range(3)]), axis=0)
+    return op(np.stack([p[i:i + h, j:j + w] for i in range(3) for j in range(3)]), axis=0)
+
+
+def _plane(x: np.ndarray) -> np.ndarray:
+    """Least-squares plane through the paper: bright ink is dropped as an outlier, three times."""
+    h, w = x.shape
+    step = max(1, int(math.sqrt(h * w / 20000)))  # ~20k samples are plenty for three numbers
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    a = np.stack([np.ones(ys.size), ys.ravel() / h, xs.ravel() / w], 1)
+    v = x[::step, ::step].ravel().astype(np.float64)
+    paper = np.ones(len(v), dtype=bool)
+    for _ in range(3):
+        coef = np.linalg.lstsq(a[paper], v[paper], rcond=None)[0]
+        r = v - a @ coef
+        centre = np.median(r[paper])
+        paper = r <= centre + 2.5 * 1.4826 * np.median(np.abs(r[paper] - centre)) + 1e-3
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (coef[0] + coef[1] * yy / h + coef[2] * xx / w).astype(np.float32)
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -175,6 +208,19 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels.reshape(h, w), int(run_label.max() + 1) if len(starts) else 0
 
 
+def component_boxes(labels: np.ndarray, n: int) -> np.ndarray:
+    """(n, 4) boxes (y0, y1, x0, x1) of labels 1..n, ends exclusive, in one pass over the ink."""
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs] - 1
+    out = np.zeros((n, 4), dtype=np.int64)
+    out[:, 0], out[:, 2] = labels.shape
+    np.minimum.at(out[:, 0], lab, ys)
+    np.maximum.at(out[:, 1], lab, ys + 1)
+    np.minimum.at(out[:, 2], lab, xs)
+    np.maximum.at(out[:, 3], lab, xs + 1)
+    return out
+
+
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) of the True pixels, ends exclusive."""
     ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
@@ -192,7 +238,7 @@ class Page:
     invert: bool  # dark ink on light paper
     factor: int  # working copy = full reduced this many times
     ink: np.ndarray  # working copy: ink-positive, denoised, paper subtracted
-    background: np.ndarray | float  # paper level on the working copy
+    background: np.ndarray  # paper level on the working copy
     level: float  # a typical stroke's strength above the paper (maps to white)
     threshold: float  # ink / paper split, on `ink`
     labels: np.ndarray  # components of the kept ink (0 = none)
@@ -204,27 +250,33 @@ def find_ink(img: Image.Image) -> Page | None:
     full = luminance(img)
     f = max(1, math.ceil(max(full.shape) / WORK_SIDE))
     h, w = full.shape[0] // f * f, full.shape[1] // f * f
-    if h == 0 or w == 0:
+    if min(h, w) < 3 * f:  # too small to hold a digit
         return None
     small = full[:h, :w].reshape(h // f, f, w // f, f).mean((1, 3))  # block means: also a denoiser
     ring = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
     border = float(np.median(ring))  # the page's edge is almost always paper
     invert = border - small.min() > small.max() - border
     x = 1 - small if invert else small
+    # The paper's noise, from neighbour differences (a robust MAD), so lighting gradients do not count.
+    diff = np.diff(x, axis=1)
+    noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2)
     if f == 1 and min(x.shape) >= 64:  # only where strokes are wide enough to survive a median
         x = _median3(x)
     background = _background(x)
     d = x - background
-    spread = 1.4826 * float(np.median(np.abs(d - np.median(d))))  # the paper's noise
     peak = float(d.max())
-    if peak < max(MIN_CONTRAST, 8 * spread):
+    if peak < max(MIN_CONTRAST, NOISE_PEAK * noise):
         return None
     level = float(np.percentile(d[d > 0.3 * peak], LEVEL_PCT))
-    threshold = max(THRESH * level, 4 * spread)
+    threshold = max(THRESH * level, NOISE_INK * noise)
     labels, n = label_components(d > threshold)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     keep = areas >= max(2, SPECK * areas.max())
     keep &= ~_frames(labels, n, keep)
+    extent = component_boxes(labels, n)
+    longest = np.maximum(extent[:, 1] - extent[:, 0], extent[:, 3] - extent[:, 2])
+    if not (keep & (longest >= max(MIN_SIDE * max(x.shape), 3))).any():  # only dust: no digit
+        return None
     lut = np.zeros(n + 1, dtype=np.int32)
     lut[1:][keep] = np.arange(1, keep.sum() + 1)
     return Page(full, invert, f, d, background, level, threshold, lut[labels], int(keep.sum()))
@@ -234,11 +286,9 @@ def _frames(labels: np.ndarray, n: int, keep: np.ndarray) -> np.ndarray:
     """Components that touch the edge and span most of it (a paper's edge, a frame, a table), unless
     they are all the ink there is (a drawing that fills its canvas)."""
     h, w = labels.shape
-    frames = np.zeros(n, dtype=bool)
-    for i in np.nonzero(keep)[0]:
-        y0, y1, x0, x1 = bbox(labels == i + 1)
-        touches = y0 == 0 or x0 == 0 or y1 == h or x1 == w
-        frames[i] = touches and (y1 - y0 > 0.9 * h or x1 - x0 > 0.9 * w)
+    y0, y1, x0, x1 = component_boxes(labels, n).T
+    touches = (y0 == 0) | (x0 == 0) | (y1 == h) | (x1 == w)
+    frames = keep & touches & ((y1 - y0 > 0.9 * h) | (x1 - x0 > 0.9 * w))
     return frames if (keep & ~frames).any() else np.zeros(n, dtype=bool)
 
 
@@ -247,6 +297,20 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
     t = torch.from_numpy(mask.astype(np.float32))[None, None]
     t = torch.nn.functional.max_pool2d(t, (1, 2 * r + 1), stride=1, padding=(0, r))
     return torch.nn.functional.max_pool2d(t, (2 * r + 1, 1), stride=1, padding=(r, 0))[0, 0].numpy() > 0
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width in pixels: area over length, the length being half the boundary."""
+    p = np.pad(mask, 1)
+    inner = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return 2 * float(mask.sum()) / max(1, int((mask & ~inner).sum()))
+
+
+def _dilate_grey(v: np.ndarray, r: int) -> np.ndarray:
+    """Grey dilation (max over a (2r+1)^2 square), growing the array by r on every side."""
+    t = torch.nn.functional.pad(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None, None], (r,) * 4)
+    t = torch.nn.functional.max_pool2d(t, (1, 2 * r + 1), stride=1, padding=(0, r))
+    return torch.nn.functional.max_pool2d(t, (2 * r + 1, 1), stride=1, padding=(r, 0))[0, 0].numpy()
 
 
 def render(page: Page, mask: np.ndarray) -> torch.Tensor:
@@ -261,11 +325,22 @@ def render(page: Page, mask: np.ndarray) -> torch.Tensor:
         ink = page.ink[y0:y1, x0:x1]
     else:  # crop at full resolution, so the only downscale is the one to the 20x20 box
         crop = page.full[y0 * f:y1 * f, x0 * f:x1 * f]
-        ink = (1 - crop if page.invert else crop) - _upsample(page.background, (y0, y1, x0, x1), f)
+        paper = page.background[y0:y1, x0:x1].repeat(f, 0).repeat(f, 1)
+        ink = (1 - crop if page.invert else crop) - paper
         keep = keep.repeat(f, 0).repeat(f, 1)
     v = np.clip((ink / page.level - FLOOR) / (1 - FLOOR), 0, 1) * keep  # grey levels kept, specks and paper zeroed
-    by0, by1, bx0, bx1 = bbox(v > (page.threshold / page.level - FLOOR) / (1 - FLOOR))
+    cut = (page.threshold / page.level - FLOOR) / (1 - FLOOR)
+    inked = v > cut
+    by0, by1, bx0, bx1 = bbox(inked if inked.any() else keep)
     scale = BOX / max(by1 - by0, bx1 - bx0)
+    width = stroke_width(inked) * scale  # in output pixels
+    if width < THIN * STROKE:  # a fine pen on a big page: thicken to MNIST's typical stroke
+        r = round((STROKE - width) / 2 / scale)
+        if r >= 1:
+            v = _dilate_grey(v, r)
+            inked = v > cut
+            by0, by1, bx0, bx1 = bbox(inked if inked.any() else keep)
+            scale = BOX / max(by1 - by0, bx1 - bx0)
     m = math.ceil(1.5 / scale)  # keep 1.5 output pixels of faint edge around the box
     by0, bx0, by1, bx1 = max(0, by0 - m), max(0, bx0 - m), by1 + m, bx1 + m
     patch = v[by0:by1, bx0:bx1]
@@ -275,13 +350,6 @@ def render(page: Page, mask: np.ndarray) -> torch.Tensor:
     method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     small = np.asarray(Image.fromarray(patch.astype(np.float32), "F").resize(size, method))
     return centre(torch.from_numpy(np.clip(small, 0, 1).astype(np.float32)))
-
-
-def _upsample(background, box, f: int):
-    if isinstance(background, float):
-        return background
-    y0, y1, x0, x1 = box
-    return np.asarray(background[y0:y1, x0:x1], dtype=np.float32).repeat(f, 0).repeat(f, 1)
 
 
 def centre(patch: torch.Tensor) -> torch.Tensor:
@@ -309,48 +377,71 @@ def to_mnist(img: Image.Image) -> torch.Tensor | None:
 # ------------------------------------------------------------- multi-digit
 
 
-def segment_digits(img: Image.Image) -> list[torch.Tensor]:
-    """A written number -> its digits left to right, each in `to_mnist` form ([] when no ink)."""
+def segment_digits(img: Image.Image, score=None) -> list[torch.Tensor]:
+    """A written number -> its digits left to right, each in `to_mnist` form ([] when no ink).
+
+    `score`, if given, rates candidate digits (k, 28, 28) uint8 -> float, higher is better
+    (a classifier's confidence); touching digits are then cut where it is most confident.
+    """
     page = find_ink(img)
     if page is None or page.count == 0:
         return []
-    return [render(page, mask) for mask in digit_masks(page.labels, page.count)]
+    digits = []
+    for mask, counts in digit_blobs(page.labels, page.count):
+        options = [_cut(page, mask, n, score) for n in (counts if score else counts[:1])]
+        digits += max(options, key=lambda d: score(torch.stack(d))) if len(options) > 1 else options[0]
+    return digits
 
 
-def digit_masks(labels: np.ndarray, count: int) -> list[np.ndarray]:
-    """Group components into digits: merge a digit's broken strokes, split touching digits."""
-    boxes = [bbox(labels == i) for i in range(1, count + 1)]
+def digit_blobs(labels: np.ndarray, count: int) -> list[tuple[np.ndarray, tuple[int, ...]]]:
+    """Group components into blobs left to right, each with how many digits it may hold (likeliest first):
+    a digit's broken strokes are merged, and a blob much wider than a digit holds several."""
+    boxes = [tuple(int(v) for v in b) for b in component_boxes(labels, count)]
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     groups = [[i] for i in np.argsort([b[2] for b in boxes])]  # left to right
-    merged = True
-    while merged:  # pieces that share most of their columns belong to one digit (the bar of a 5, a broken 4)
-        merged = False
-        for a in range(len(groups)):
-            for b in range(a + 1, len(groups)):
-                if _overlap(_span(boxes, groups[a]), _span(boxes, groups[b])) >= 0.5:
-                    groups[a] += groups.pop(b)
-                    merged = True
-                    break
-            if merged:
-                break
+    a = 0
+    while a < len(groups):  # pieces that share most of their columns are one digit (a broken 4)
+        b = next((b for b in range(a + 1, len(groups))
+                  if _overlap(_span(boxes, groups[a]), _span(boxes, groups[b])) >= 0.5), None)
+        if b is None:
+            a += 1
+        else:
+            groups[a] += groups.pop(b)
     spans = [_span(boxes, g) for g in groups]
     sizes = np.array([areas[g].sum() for g in groups])
     heights = np.array([y1 - y0 for y0, y1, _, _ in spans])
     height = float(np.median(heights[sizes >= 0.25 * sizes.max()]))  # a digit's height in this number
     # A short, light group is a piece of a digit (a 5's detached bar), not a digit: attach it to
-    # the digit it overlaps most, or that is nearest; far from every digit, it is a stray mark.
-    piece = (heights < 0.5 * height) & (sizes < 0.3 * np.median(sizes))
+    # the digit it overlaps most, or the nearest; far from every digit, it is a stray mark.
+    piece = (heights < 0.5 * height) & (sizes < 0.5 * np.median(sizes))
     digits = [k for k in range(len(groups)) if not piece[k]] or list(range(len(groups)))
     members = {k: list(groups[k]) for k in digits}
     for k in set(range(len(groups))) - set(digits):
         best = max(digits, key=lambda d: (_overlap(spans[d], spans[k]), -_gap(spans[d], spans[k])))
         if _gap(spans[best], spans[k]) < 0.3 * height:
             members[best] += groups[k]
-    masks = []
-    for k in digits:
-        y0, y1, x0, x1 = _span(boxes, members[k])
-        masks.extend(_split(np.isin(labels, np.array(members[k]) + 1), max(y1 - y0, height), x0, x1))
-    return masks
+    final = [_span(boxes, members[k]) for k in digits]
+    widths = np.array([x1 - x0 for _, _, x0, x1 in final])
+    # A digit's width in this number, from the blobs that look like single digits other than 1s.
+    single = widths[(widths >= 0.45 * height) & (widths <= 1.1 * height)]
+    width = max(float(np.median(single)) if len(single) else 0.0, NARROW * height)
+    blobs = []
+    for k, w, (y0, y1, _, _) in zip(digits, widths, final):
+        h = max(y1 - y0, height)
+        # MNIST digits are at most ~1.4x as wide as tall (95th percentile of the widest class, a 5);
+        # narrower blobs hold several digits only when much wider than this number's others.
+        if w >= 1.5 * h:
+            counts = (max(2, round(w / max(width, 0.85 * h))),)
+        elif w > SPLIT_H * h and w > SPLIT_W * width:
+            counts = (max(2, round(w / width)),)
+        elif w > SPLIT_H * h and w > MAYBE_W * width:
+            counts = (1, 2)
+        else:
+            counts = (1,)
+        if counts == (2,):  # two digits, or one very wide one: let a classifier's `score` decide
+            counts = (2, 1)
+        blobs.append((np.isin(labels, np.array(members[k]) + 1), counts))
+    return blobs
 
 
 def _span(boxes, group):
@@ -368,23 +459,33 @@ def _gap(a, b) -> int:
     return max(a[2], b[2]) - min(a[3], b[3])
 
 
-def _split(mask: np.ndarray, height: int, x0: int, x1: int) -> list[np.ndarray]:
-    """Split a blob wider than any single digit at the thinnest columns near the expected cuts."""
-    # MNIST digits are at most ~1.4x as wide as tall (95th percentile of the widest class, a 5).
-    if (x1 - x0) < 1.5 * height:
-        return [mask]
-    n = max(2, round((x1 - x0) / (0.85 * height)))
-    ink = mask.sum(0)
-    cuts = [x0]
-    for k in range(1, n):
-        c, half = x0 + k * (x1 - x0) / n, 0.3 * (x1 - x0) / n
-        lo, hi = int(c - half), int(c + half) + 1
-        cuts.append(lo + int(np.argmin(ink[lo:hi] + 1e-3 * np.abs(np.arange(lo, hi) - c))))
-    cuts.append(x1)
-    pieces = []
-    for a, b in zip(cuts, cuts[1:]):
-        piece = np.zeros_like(mask)
-        piece[:, a:b] = mask[:, a:b]
-        if piece.any():
-            pieces.append(piece)
-    return pieces
+def _cut(page: Page, mask: np.ndarray, n: int, score) -> list[torch.Tensor]:
+    """Cut a blob of n touching digits at columns: the thinnest ones near even spacing, then, with
+    a `score`, each cut moved to wherever the pieces are recognized most confidently."""
+    _, _, x0, x1 = bbox(mask)
+    step, ink = (x1 - x0) / n, mask.sum(0)
+
+    def thinnest(c):
+        lo, hi = int(c - 0.3 * step), int(c + 0.3 * step) + 1
+        return lo + int(np.argmin(ink[lo:hi] + 1e-3 * np.abs(np.arange(lo, hi) - c)))
+
+    def pieces(cuts):
+        bounds = [x0, *cuts, x1]
+        if any(b <= a for a, b in zip(bounds, bounds[1:])):
+            return None
+        columns = np.arange(mask.shape[1])[None, :]
+        parts = [mask & (columns >= a) & (columns < b) for a, b in zip(bounds, bounds[1:])]
+        return [render(page, p) for p in parts] if all(p.any() for p in parts) else None
+
+    cuts = [thinnest(x0 + k * step) for k in range(1, n)]
+    best = pieces(cuts) or [render(page, mask)]
+    if score is None or n == 1:
+        return best
+    best_score = score(torch.stack(best))
+    for k in range(n - 1):
+        for offset in np.linspace(-0.4, 0.4, 9) * step:
+            trial = cuts[:k] + [int(round(x0 + (k + 1) * step + offset))] + cuts[k + 1:]
+            digits = pieces(trial)
+            if digits is not None and (s := score(torch.stack(digits))) > best_score:
+                best, best_score, cuts = digits, s, trial
+    return best

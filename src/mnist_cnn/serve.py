@@ -121,7 +121,7 @@ class BodyLimit:
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.timeout_s)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 raise HTTPException(408, f"the request body took over {self.timeout_s:g} s to arrive") from None
             seen += len(message.get("body", b""))
             done = not message.get("more_body", False)
@@ -205,11 +205,12 @@ async def read_items(request: Request, limits: Limits, batch: bool) -> list:
         except ValueError:
             raise _bad("the body is not valid JSON") from None
         items = _json_items(body, batch)
-    elif kind.startswith("image/") or kind == "application/octet-stream":
+    elif (kind.startswith("image/") or kind == "application/octet-stream") and not batch:
         items = [await request.body()]
     else:
-        raise HTTPException(415, f"unsupported content type {kind or '(none)'}: send multipart/form-data, "
-                                 "application/json, or the image itself as image/*")
+        also = "" if batch else ", or the image itself as image/*"
+        raise HTTPException(415, f"unsupported content type {kind or '(none)'} here: send multipart/form-data "
+                                 f"or application/json{also}")
     if not batch and len(items) != 1:
         raise _bad(f"send one image here ({len(items)} came); use /api/predict/batch for several")
     if not items:
@@ -259,7 +260,8 @@ def number_json(n) -> dict:
 
 _BODY_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "file": {"type": "string", "format": "binary", "description": "any image Pillow reads"}}}},
+        "file": {"type": "string", "format": "binary",
+                 "description": "any image Pillow reads (batch: any number of file fields)"}}}},
     "application/json": {"schema": {"type": "object", "properties": {
         "image": {"type": "string", "description": "data:image/png;base64,... (single)"},
         "images": {"type": "array", "items": {"type": "string"}, "description": "data URLs (batch)"},
@@ -311,7 +313,7 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits()) 
     async def bounded(coro):
         try:
             return await asyncio.wait_for(coro, limits.work_timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise HTTPException(503, f"the prediction took over {limits.work_timeout_s:g} s; try a smaller image",
                                 headers={"Retry-After": "1"}) from None
 

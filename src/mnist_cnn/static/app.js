@@ -52,10 +52,10 @@ function toCanvas(ev) {
 }
 
 pad.addEventListener("pointerdown", (ev) => {
-  if (ev.button !== 0) return;
+  if (ev.button !== 0 || current) return;  // one stroke at a time: a second finger is ignored
   ev.preventDefault();
   pad.setPointerCapture(ev.pointerId);
-  current = { width: Number($("brush").value) * pad.height / 280, points: [toCanvas(ev)] };
+  current = { id: ev.pointerId, width: Number($("brush").value) * pad.height / 280, points: [toCanvas(ev)] };
   strokes.push(current);
   drawStroke(current);
   $("upload-box").hidden = true;
@@ -63,7 +63,7 @@ pad.addEventListener("pointerdown", (ev) => {
 });
 
 pad.addEventListener("pointermove", (ev) => {
-  if (!current) return;
+  if (!current || ev.pointerId !== current.id) return;
   const events = ev.getCoalescedEvents ? ev.getCoalescedEvents() : [ev];
   for (const e of (events.length ? events : [ev])) {
     const [x, y] = toCanvas(e);
@@ -80,8 +80,8 @@ pad.addEventListener("pointermove", (ev) => {
   changed();
 });
 
-function endStroke() {
-  if (!current) return;
+function endStroke(ev) {
+  if (!current || ev.pointerId !== current.id) return;
   current = null;
   changed(0);
 }
@@ -123,6 +123,9 @@ $("multi").addEventListener("change", () => {
 
 function changed(delay = DEBOUNCE_MS) {
   result.dataset.pending = "true";
+  // While the pen keeps moving, keep the scheduled prediction instead of pushing it back, so the
+  // answer updates every DEBOUNCE_MS during a long stroke; a finished stroke (delay 0) goes at once.
+  if (delay > 0 && timer) return;
   clearTimeout(timer);
   timer = setTimeout(() => { timer = null; predictDrawing(); }, delay);
 }

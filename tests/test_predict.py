@@ -1,0 +1,230 @@
+"""Predictor and `mnist-cnn predict`: oracle models, the MNIST round trip, numbers, bad inputs, big folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_cnn import checkpoint, cli, predict, preprocess
+from mnist_cnn.augment import to_float
+from mnist_cnn.predict import Predictor, iter_inputs, predict_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _roundtrip_module():
+    spec = importlib.util.spec_from_file_location("roundtrip", ROOT / "benchmarks" / "roundtrip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+roundtrip = _roundtrip_module()
+META = {"mean": 0.25, "std": 0.5, "classes": [str(i) for i in range(10)]}
+
+
+class Recorder:
+    """A fake model: logits favour the class given by the mean brightness, and inputs are kept."""
+
+    def __init__(self):
+        self.inputs = []
+
+    def __call__(self, x):
+        self.inputs.append(x.clone())
+        logits = torch.zeros(len(x), 10)
+        logits[torch.arange(len(x)), (x.mean((1, 2, 3)) * 1000).long() % 10] = 5.0
+        return logits
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Predictor.from_path()
+
+
+def test_predictions_from_logits_with_topk_and_unsure():
+    x = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    model = Recorder()
+    preds = Predictor(model, META, topk=3).predict_arrays(x)
+    assert torch.equal(model.inputs[0], to_float(x, META["mean"], META["std"]))  # THE normalization
+    p_best = float(torch.tensor([5.0] + [0.0] * 9).softmax(0)[0])
+    for i, (p, logits) in enumerate(zip(preds, model(to_float(x, 0.25, 0.5)))):
+        assert p.status == "ok" and p.digit == int(logits.argmax())
+        assert p.probability == pytest.approx(p_best) and sum(p.probabilities) == pytest.approx(1)
+        assert len(p.topk) == 3 and p.topk[0] == (p.digit, pytest.approx(p_best))
+        assert torch.equal(p.processed, x[i])
+        json.dumps(p.to_dict())
+    unsure = Predictor(Recorder(), META, min_confidence=0.95).predict_arrays(x)  # p_best is 0.943
+    assert all(p.status == "unsure" and p.digit is None and p.topk for p in unsure)
+    with pytest.raises(ValueError):
+        Predictor(Recorder(), META, min_confidence=1.5)
+
+
+def test_empty_images_are_reported_not_guessed():
+    model = Recorder()
+    pred = Predictor(model, META).predict_image(Image.new("L", (50, 50), 255))
+    assert pred.status == "empty" and pred.digit is None and pred.processed is None and not model.inputs
+    number = Predictor(model, META).predict_number(Image.new("L", (50, 50), 255))
+    assert number.status == "empty" and number.text == "" and number.digits == []
+
+
+def test_onnx_backend_goes_through_export_load_onnx(monkeypatch):
+    from mnist_cnn import export
+
+    calls = []
+    monkeypatch.setattr(export, "load_onnx", lambda path: calls.append(path) or (Recorder(), META))
+    predictor = Predictor.from_path("model.onnx", backend="onnx")
+    assert calls == ["model.onnx"] and predictor.meta is META
+    with pytest.raises(ValueError, match="backend"):
+        Predictor.from_path(None, backend="tflite")
+
+
+def test_round_trip_of_mnist_digits_rendered_on_paper(shipped, test_split):
+    """200 test digits, rendered as dark ink on light paper (4-12x, off-centre, grey, blur, noise,
+    JPEG or transparent canvas) and preprocessed back, score like the raw digits."""
+    x, y = test_split
+    rows = np.random.default_rng(0).choice(len(x), 200, replace=False)
+    result = roundtrip.round_trip(shipped, x[rows], y[rows], seed=0)
+    assert result["accuracy"] >= 99.0
+    assert result["accuracy"] >= result["raw_accuracy"] - 0.5
+    assert result["mean_pixel_distance"] < 12  # grey levels out of 255
+
+
+def test_written_numbers_are_read_left_to_right(shipped, test_split):
+    x, y = test_split
+    rng = np.random.default_rng(1)
+    right = lengths = 0
+    for _ in range(8):
+        idx = rng.choice(len(x), size=int(rng.integers(2, 7)), replace=False)
+        number = shipped.predict_number(preprocess.decode(roundtrip.compose_number([x[i] for i in idx], rng)))
+        truth = "".join(str(int(y[i])) for i in idx)
+        lengths += len(number.text) == len(truth)
+        right += number.text == truth
+        assert [d.processed.shape for d in number.digits] == [(28, 28)] * len(number.digits)
+    assert lengths == 8 and right >= 7
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, test_split):
+    """A folder a person might point us at: digits, a number, and every kind of bad file."""
+    x, y = test_split
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        (folder / f"digit{i}_{int(y[i])}.png").write_bytes(roundtrip.render_digit(x[i], rng))
+    (folder / "number.png").write_bytes(roundtrip.compose_number([x[i] for i in (3, 4, 5)], rng))
+    (folder / "notes.txt").write_text("not an image, and not picked from a folder")
+    bad = folder / "bad"
+    bad.mkdir()
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "text.png").write_text("not an image")
+    raw = (folder / "digit0_7.png").read_bytes()
+    (bad / "truncated.png").write_bytes(raw[: len(raw) // 3])
+    (bad / "blank.png").write_bytes(_png(Image.new("L", (40, 40), 255)))
+    return folder, [int(y[i]) for i in range(6)]
+
+
+def _png(img):
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def run_cli(args, capsys, stdin=None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    code = cli.main(["predict", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_files_folders_globs_and_formats(inputs, capsys, tmp_path):
+    folder, labels = inputs
+    code, out, err = run_cli([folder, "--format", "json", "--save-processed", tmp_path / "seen"], capsys)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and err == ""
+    assert [Path(r["path"]).name for r in rows] == ["digit0_7.png", "digit1_2.png", "digit2_1.png", "number.png"]
+    assert [r["digit"] for r in rows[:3]] == labels[:3]
+    seen = sorted(p.name for p in (tmp_path / "seen").iterdir())
+    assert seen == ["digit0_7.png", "digit1_2.png", "digit2_1.png", "number.png"]
+    assert Image.open(tmp_path / "seen" / "digit0_7.png").size == (28, 28)
+
+    code, out, _ = run_cli([f"{folder}/digit*.png", "--format", "csv", "--topk", "2"], capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "path,status,prediction,probability,topk,error" and len(lines) == 4
+    assert [int(line.split(",")[2]) for line in lines[1:]] == labels[:3]
+    assert all(len(line.split(",")[4].split()) == 2 for line in lines[1:])
+
+    code, out, _ = run_cli([folder / "number.png", "--multi"], capsys)
+    assert code == 0 and out.startswith(f"{folder / 'number.png'}: {''.join(map(str, labels[3:6]))}  (")
+
+
+def test_cli_stdin_unsure_and_text(inputs, capsys, monkeypatch):
+    folder, labels = inputs
+    raw = (folder / "digit1_2.png").read_bytes()
+    code, out, _ = run_cli(["-"], capsys, stdin=raw, monkeypatch=monkeypatch)
+    assert code == 0 and out.startswith(f"-: {labels[1]}  (p=")
+    code, out, _ = run_cli(["-", "--min-confidence", "1.0"], capsys, stdin=raw, monkeypatch=monkeypatch)
+    assert code == 0 and out.startswith(f"-: unsure  (best guess {labels[1]} at")
+
+
+def test_cli_bad_inputs_fail_per_file_and_the_batch_goes_on(inputs, capsys):
+    folder, _ = inputs
+    bad = folder / "bad"
+    code, out, err = run_cli([bad, folder / "digit0_7.png", folder / "missing.png"], capsys)
+    assert code == 1
+    assert f"{bad / 'blank.png'}: empty (no ink found)" in out and f"{folder / 'digit0_7.png'}: 7" in out
+    for words in ("empty.png: error: the file is empty", "text.png: error: not an image",
+                  "truncated.png: error: the image is truncated", "missing.png: error: no such file",
+                  "4 of 6 inputs failed"):
+        assert words in err
+    assert "Traceback" not in err
+    code, out, _ = run_cli([bad / "empty.png", "--format", "json"], capsys)
+    assert code == 1 and json.loads(out) == {"path": str(bad / "empty.png"), "status": "error",
+                                             "error": "the file is empty"}
+
+
+def test_cli_process_has_no_traceback_for_a_huge_image(tmp_path):
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png(Image.new("1", (9000, 5000))))  # 45 megapixels in a few kB
+    proc = subprocess.run([sys.executable, "-m", "mnist_cnn", "predict", str(huge)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "megapixels" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_big_folders_are_streamed(tmp_path, monkeypatch):
+    digit = _png(Image.fromarray(np.kron(np.eye(4, dtype=np.uint8) * 255, np.ones((5, 5), np.uint8))))
+    for i in range(1500):
+        (tmp_path / f"{i:05d}.png").write_bytes(digit)
+    opened = []
+    real_open = preprocess.open_image
+    monkeypatch.setattr(preprocess, "open_image", lambda src: opened.append(src) or real_open(src))
+    results = predict_inputs(Predictor(Recorder(), META), iter_inputs([str(tmp_path)]), batch_size=16)
+    first = next(results)
+    assert first.name.endswith("00000.png") and first.prediction.status == "ok"
+    assert len(opened) == 16  # one batch read, not the whole folder
+    assert sum(1 for _ in results) == 1499 and len(opened) == 1500
+
+
+def test_folder_without_images_and_unmatched_glob_are_errors(tmp_path):
+    (tmp_path / "readme.txt").write_text("hi")
+    got = list(iter_inputs([str(tmp_path), str(tmp_path / "*.jpg")]))
+    assert got == [(str(tmp_path), "no image files in this folder"),
+                   (str(tmp_path / "*.jpg"), "no files match this pattern")]
+
+
+def test_shipped_model_loads_with_its_metadata(shipped):
+    assert shipped.meta["mean"] and shipped.meta["std"] and len(shipped.meta["classes"]) == 10
+    assert checkpoint.default_model_path().exists()
+    assert predict.Predictor.from_path(checkpoint.default_model_path()).meta["arch"] == shipped.meta["arch"]

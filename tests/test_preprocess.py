@@ -1,0 +1,316 @@
+"""Golden tests of each preprocessing step on small synthetic images, and one test per bad input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_cnn import preprocess
+from mnist_cnn.preprocess import ImageError, decode, label_components, luminance, segment_digits, to_mnist
+
+
+def png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def page(ink: np.ndarray, size=(160, 200), at=(30, 50), paper=0.9, dark=0.1) -> Image.Image:
+    """Dark ink (amounts in [0, 1]) on light paper, as an 8-bit grey image."""
+    lum = np.full(size, paper, dtype=np.float32)
+    y, x = at
+    h, w = ink.shape
+    lum[y:y + h, x:x + w] = paper - (paper - dark) * ink
+    return Image.fromarray(np.round(lum * 255).astype(np.uint8))
+
+
+def seven(scale: int = 5) -> np.ndarray:
+    """A blocky 7 (14 x 10 cells), enlarged: asymmetric, so flips and rotations show."""
+    cells = np.zeros((14, 10), dtype=np.float32)
+    cells[0:2, :] = 1
+    for r in range(2, 14):
+        c = 9 - (r - 2) * 8 // 12
+        cells[r, max(0, c - 1):c + 1] = 1
+    return np.kron(cells, np.ones((scale, scale), dtype=np.float32))
+
+
+def com(x: torch.Tensor) -> tuple[float, float]:
+    v = x.float()
+    i = torch.arange(28.0)
+    return float((v.sum(1) * i).sum() / v.sum()), float((v.sum(0) * i).sum() / v.sum())
+
+
+def distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean |a - b| in grey levels, allowing the one-pixel shift that integer centring may differ by."""
+    return min(float((torch.roll(a.float(), (dy, dx), (0, 1)) - b.float()).abs().mean())
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def box(x: torch.Tensor, level: int = 128) -> tuple[int, int]:
+    ys, xs = np.nonzero(x.numpy() >= level)
+    return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+
+
+# ------------------------------------------------------------------- decode
+
+
+def test_decode_reads_formats_and_applies_exif_orientation():
+    img = page(seven())
+    assert np.array_equal(np.asarray(decode(png(img))), np.asarray(img))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    upright = decode(png(img, exif=exif.tobytes()))
+    assert np.array_equal(np.asarray(upright), np.asarray(img.transpose(Image.Transpose.ROTATE_270)))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95)
+    assert decode(buf.getvalue()).size == img.size
+
+
+def test_animated_image_uses_its_first_frame():
+    digit, blank = page(seven()), Image.new("L", (200, 160), 230)
+    buf = io.BytesIO()
+    digit.save(buf, "GIF", save_all=True, append_images=[blank], duration=100)
+    assert to_mnist(decode(buf.getvalue())) is not None
+    buf = io.BytesIO()
+    blank.save(buf, "GIF", save_all=True, append_images=[digit], duration=100)
+    assert to_mnist(decode(buf.getvalue())) is None
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b"", "empty"),
+    (b"hello, I am not a picture\n" * 10, "not an image"),
+])
+def test_empty_and_non_images_are_refused_in_words(raw, words):
+    with pytest.raises(ImageError, match=words):
+        decode(raw)
+
+
+def test_truncated_and_corrupt_images_are_refused():
+    raw = png(page(seven()))
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        decode(raw[: len(raw) // 2])
+    corrupt = bytearray(raw)
+    corrupt[60:90] = b"\xff" * 30  # inside the compressed pixel data
+    with pytest.raises(ImageError):
+        decode(bytes(corrupt))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a size but carries (almost) no pixels: how a decompression bomb looks."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_huge_images_and_decompression_bombs_are_refused():
+    with pytest.raises(ImageError, match="megapixels"):  # over our limit, under Pillow's
+        decode(_png_header_only(8000, 6000))
+    with pytest.raises(ImageError, match="decompression bomb"):  # over Pillow's own limit
+        decode(_png_header_only(30000, 30000))
+    small_file = png(Image.new("1", (7000, 6000)))  # a real 42-megapixel image in a few kB
+    assert len(small_file) < 10_000
+    with pytest.raises(ImageError, match="megapixels"):
+        decode(small_file)
+    with pytest.raises(ImageError, match="MiB"):
+        decode(b"\0" * (preprocess.MAX_BYTES + 1))
+
+
+# ---------------------------------------------------------------- luminance
+
+
+def test_luminance_of_16_bit_palette_cmyk_and_alpha():
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    assert np.allclose(luminance(Image.fromarray(ramp)), ramp / 65535, atol=1e-6)
+    grey = page(seven(1), size=(20, 20), at=(3, 5))
+    assert np.allclose(luminance(grey.convert("P")), luminance(grey), atol=1 / 255)
+    cmyk = Image.new("CMYK", (2, 1))
+    cmyk.putpixel((0, 0), (0, 0, 0, 255))  # black
+    cmyk.putpixel((1, 0), (0, 0, 0, 0))  # white
+    assert np.allclose(luminance(cmyk), [[0, 1]], atol=1 / 255)
+    alpha = np.round(seven(1) * 255).astype(np.uint8)
+    black_strokes = np.zeros(alpha.shape + (4,), np.uint8)
+    black_strokes[..., 3] = alpha  # a browser canvas: colour (0,0,0), ink in alpha
+    assert np.allclose(luminance(Image.fromarray(black_strokes)), 1 - alpha / 255, atol=1e-6)
+    white_strokes = black_strokes.copy()
+    white_strokes[..., :3] = 255
+    assert np.allclose(luminance(Image.fromarray(white_strokes)), alpha / 255, atol=1e-6)
+
+
+def test_transparent_canvas_gives_the_same_digit_as_paper():
+    alpha = np.round(seven() * 255).astype(np.uint8)
+    canvas = np.zeros(alpha.shape + (4,), np.uint8)
+    canvas[..., 3] = alpha
+    on_paper = page(seven(), size=alpha.shape, at=(0, 0), paper=1.0, dark=0.0)
+    a, b = to_mnist(Image.fromarray(canvas)), to_mnist(on_paper)
+    assert (a.int() - b.int()).abs().max() <= 1
+
+
+# --------------------------------------------------- polarity, crop, centre
+
+
+def test_polarity_is_detected():
+    dark_on_light = page(seven())
+    light_on_dark = Image.fromarray(255 - np.asarray(dark_on_light))
+    a, b = to_mnist(dark_on_light), to_mnist(light_on_dark)
+    assert a is not None and (a.int() - b.int()).abs().max() <= 1
+    assert a[0:4].sum() == 0 and a.max() == 255  # white ink on black: the border is black
+
+
+def test_crop_resize_keeps_aspect_and_centres_by_mass():
+    bar = np.ones((60, 30), dtype=np.float32)  # a 2:1 upright rectangle, off-centre on the page
+    out = to_mnist(page(bar, size=(200, 300), at=(120, 10)))
+    assert box(out) == (20, 10)  # longer side 20, aspect kept
+    cy, cx = com(out)
+    assert abs(cy - preprocess.CENTRE) <= 0.5 and abs(cx - preprocess.CENTRE) <= 0.5
+    assert out[box_slice(out)].float().mean() > 240  # solid ink stays white
+
+
+def box_slice(x):
+    ys, xs = np.nonzero(x.numpy() >= 128)
+    return slice(ys.min() + 1, ys.max()), slice(xs.min() + 1, xs.max())
+
+
+def test_position_and_scale_do_not_matter():
+    a = to_mnist(page(seven(5), size=(200, 200), at=(10, 20)))
+    b = to_mnist(page(seven(5), size=(200, 200), at=(90, 130)))
+    assert torch.equal(a, b)  # pure translation: identical
+    c = to_mnist(page(seven(12), size=(300, 300), at=(40, 100)))
+    assert box(c)[0] == box(a)[0] == 20
+    assert distance(a, c) < 8  # only the resampling phase differs (a 10% mis-scale gives 10)
+
+
+def test_grey_levels_are_kept():
+    out = to_mnist(page(seven(7)))
+    grey = ((out > 0) & (out < 255)).sum()
+    assert grey >= 20  # anti-aliased edges, not a binary image
+
+
+def test_centre_puts_a_point_at_mnists_centre_of_mass():
+    patch = torch.zeros(5, 3)
+    patch[4, 0] = 1
+    out = preprocess.centre(patch)
+    assert out[round(preprocess.CENTRE), round(preprocess.CENTRE)] == 255 and out.sum() == 255
+
+
+def test_centre_is_mnists_measured_centre_of_mass(test_split):
+    x = test_split[0].float()
+    i = torch.arange(28.0)
+    mass = x.sum((1, 2))
+    assert float(((x.sum(2) * i).sum(1) / mass).mean()) == pytest.approx(preprocess.CENTRE, abs=0.05)
+    assert float(((x.sum(1) * i).sum(1) / mass).mean()) == pytest.approx(preprocess.CENTRE, abs=0.05)
+
+
+def test_mnist_digits_come_back_almost_unchanged(test_split):
+    x = test_split[0][:50]
+    back = torch.stack([to_mnist(Image.fromarray(d.numpy())) for d in x])
+    assert (back.float() - x.float()).abs().mean() < 8  # grey levels 0-255
+
+
+# ---------------------------------------------------------- empty and noise
+
+
+@pytest.mark.parametrize("img", [
+    Image.new("L", (64, 64), 255),
+    Image.new("RGB", (50, 80), (120, 130, 140)),
+    Image.new("L", (1, 1), 0),
+    Image.new("RGBA", (40, 40), (0, 0, 0, 0)),
+    Image.fromarray(np.clip(np.random.default_rng(0).normal(200, 6, (120, 160)), 0, 255).astype(np.uint8)),
+], ids=["white", "grey", "one-pixel", "transparent", "noisy-paper"])
+def test_images_without_ink_are_empty(img):
+    assert to_mnist(img) is None
+    assert segment_digits(img) == []
+
+
+def test_photo_noise_specks_and_uneven_light_are_cleaned():
+    clean = to_mnist(page(seven(6), size=(200, 240), at=(40, 60)))
+    rng = np.random.default_rng(0)
+    lum = np.asarray(page(seven(6), size=(200, 240), at=(40, 60)), dtype=np.float32) / 255
+    noisy = lum + rng.normal(0, 0.04, lum.shape)
+    salt = rng.random(lum.shape) < 0.01
+    noisy[salt] = rng.choice([0.0, 1.0], salt.sum())  # salt-and-pepper
+    noisy[5:8, 5:8] = 0.1  # specks in the corners
+    noisy[185:189, 225:228] = 0.1
+    noisy -= np.linspace(0, 0.55, lum.shape[1])[None, :] ** 2  # a shadow: darker paper than some ink
+    out = to_mnist(Image.fromarray(np.clip(noisy * 255, 0, 255).astype(np.uint8)))
+    assert box(out) == box(clean)  # specks did not move the crop
+    assert distance(out, clean) < 6
+
+
+@pytest.mark.parametrize("shape", ["even", "gradient", "lamp"])
+def test_background_follows_the_lighting_under_the_ink(shape):
+    h, w = 240, 320
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    paper = {"even": 0.2 + 0 * xx, "gradient": 0.1 + 0.3 * xx + 0.1 * yy,
+             "lamp": 0.1 + 0.3 * np.exp(-((xx - 0.8) ** 2 + (yy - 0.2) ** 2) / 0.3)}[shape]
+    ink = np.zeros((h, w), dtype=bool)
+    ink[60:200, 100:130] = ink[60:80, 100:220] = True  # bright strokes (ink-positive, after polarity)
+    x = np.where(ink, 0.95, paper).astype(np.float32)
+    error = np.abs(preprocess._background(x) - paper)  # ink is 0.5 or more above the paper
+    assert error.mean() < (0.015 if shape == "lamp" else 0.005) and error.max() < 0.06
+
+
+def test_label_components_matches_flood_fill():
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        mask = rng.random((23, 31)) < 0.35
+        labels, n = label_components(mask)
+        assert n == _flood_count(mask) and labels.max() == n
+        assert np.array_equal(labels > 0, mask)
+        for i in range(1, n + 1):  # each label is one flood-filled component
+            y, x = map(int, np.argwhere(labels == i)[0])
+            assert np.array_equal(_flood(mask, y, x), labels == i)
+
+
+def _flood(mask, y, x):
+    seen = np.zeros_like(mask)
+    stack = [(y, x)]
+    while stack:
+        y, x = stack.pop()
+        if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x] and not seen[y, x]:
+            seen[y, x] = True
+            stack += [(y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return seen
+
+
+def _flood_count(mask):
+    left, n = mask.copy(), 0
+    while left.any():
+        y, x = map(int, np.argwhere(left)[0])
+        left &= ~_flood(mask, y, x)
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------- multi-digit
+
+
+def test_segment_orders_merges_broken_strokes_and_ignores_stray_marks():
+    ink = np.zeros((120, 420), dtype=np.float32)
+    ink[10:80, 10:60] = seven()  # a 7
+    ink[10:80, 150:160] = 1  # a 1
+    ink[10:16, 260:320] = 1  # the detached bar of a 5 ...
+    ink[20:80, 260:270] = 1  # ... and its body
+    ink[50:56, 260:310] = 1
+    ink[74:80, 260:310] = 1
+    ink[60:80, 304:310] = 1
+    ink[110:113, 400:403] = 1  # a stray dot far from everything
+    digits = segment_digits(page(ink, size=(160, 460), at=(20, 20)))
+    assert len(digits) == 3
+    assert torch.equal(digits[0], to_mnist(page(seven())))  # the same as the digit alone
+    assert box(digits[1])[0] == 20 and box(digits[1])[1] <= 4  # the 1: tall and thin
+
+
+def test_touching_digits_are_split():
+    ink = np.zeros((70, 200), dtype=np.float32)
+    ring = np.zeros((70, 56), dtype=np.float32)
+    ring[:8, :], ring[-8:, :], ring[:, :8], ring[:, -8:] = 1, 1, 1, 1  # a boxy 0
+    ink[:, 0:56], ink[:, 52:108], ink[:, 104:160] = ring, ring, ring  # 000, each touching the next
+    digits = segment_digits(page(ink, size=(120, 260), at=(25, 30)))
+    assert len(digits) == 3
