@@ -37,8 +37,8 @@ def _paper(ink: np.ndarray, scale: float, rng: np.random.Generator, canvas: bool
         rgba = np.zeros(ink.shape + (4,), dtype=np.uint8)
         rgba[..., 3] = np.round(ink * 255)
         return _encode(Image.fromarray(rgba, "RGBA"), rng)
-    radius = rng.uniform(0.2, 0.12 * scale)
-    ink = np.asarray(Image.fromarray(np.round(ink * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius))) / 255
+    blur = ImageFilter.GaussianBlur(rng.uniform(0.2, 0.12 * scale))  # radius in page pixels
+    ink = np.asarray(Image.fromarray(np.round(ink * 255).astype(np.uint8)).filter(blur)) / 255
     paper, dark = rng.uniform(0.55, 0.97), rng.uniform(0.0, 0.3)
     h, w = ink.shape
     if rng.random() < 0.3:  # uneven lighting: a gentle gradient across the page

@@ -145,11 +145,17 @@ def export_checkpoint(model_path: Path | str | None, out: Path, int8: bool = Fal
     most INT8_MAX_DROP points against eager fp32.
     """
     _require("onnx", "onnxscript", "onnxruntime")
+    import onnx
+    import onnxruntime
+
+    if Path(out).is_dir():
+        raise ExportError(f"{out} is a folder; --out takes the .onnx file to write")
     model, meta = checkpoint.load_model(model_path)
     mean, std = meta["mean"], meta["std"]
     folder = data.acquire(data_dir)
     test_x, test_y = data.read_split(folder, "test")
-    report = {"precision": "int8" if int8 else "fp32", "source": str(model_path or checkpoint.default_model_path())}
+    report = {"precision": "int8" if int8 else "fp32", "source": str(model_path or checkpoint.default_model_path()),
+              "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}}
     with tempfile.TemporaryDirectory(prefix="mnist-cnn-export-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         to_onnx(model, fp32_path)

@@ -103,13 +103,6 @@ class Predictor:
         x = preprocess.to_mnist(img)
         return empty() if x is None else self.predict_arrays(x[None])[0]
 
-    def predict_images(self, images: list[Image.Image]) -> list[Prediction]:
-        """Several single-digit images, preprocessed one by one, classified in one batch."""
-        xs = [preprocess.to_mnist(img) for img in images]
-        found = [x for x in xs if x is not None]
-        preds = iter(self.predict_arrays(torch.stack(found)) if found else [])
-        return [empty() if x is None else next(preds) for x in xs]
-
     @torch.inference_mode()
     def _confidence(self, x: torch.Tensor) -> float:
         """How sure the model is of all these digits together: the sum of log max-probabilities."""

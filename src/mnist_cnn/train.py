@@ -96,7 +96,10 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[t
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    # Warm the decay up from 0: with a fixed 0.999 from step 0, the random initial
+    # weights would still hold 0.999**2500 = 8% of the average after 2,500 steps.
+    decay = min(decay, (1 + step) / (10 + step))
     for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
         if e.dtype.is_floating_point:
             e.lerp_(p, 1 - decay)
@@ -137,7 +140,7 @@ def train_one_epoch(model, optimizer, data: MNIST, cfg: TrainConfig, epoch: int,
         (loss * (len(idx) * world / global_batch)).backward()
         optimizer.step()
         if ema is not None:
-            update_ema(ema, model, cfg.ema_decay)
+            update_ema(ema, model, cfg.ema_decay, step)
         if on_step is not None:
             acc = (logits.argmax(1) == y).float().mean()
             on_step({"step": step, "epoch": epoch, "loss": loss.item(), "acc": 100 * acc.item(), "lr": lr})
