@@ -7,13 +7,20 @@ The seed network has random weights (speed does not depend on their values); the
 default network is the model shipped in the package. All cases run in one process,
 one after another, on the same input images, and the table prints as Markdown.
 
-    python benchmarks/inference.py                 # about 2-4 minutes on a 2-core CPU
+    python benchmarks/inference.py                 # about 2 minutes on a 2-core CPU
+
+Threads: by default each library's own (torch: OMP_NUM_THREADS, else one per core;
+ONNX Runtime: one per core), except that ONNX Runtime gets `--threads-b1` (default 1)
+intra-op threads at batch 1. `--threads N` gives both libraries N threads everywhere:
+on a machine shared with other jobs, `--threads 1` is the fair and stable comparison
+(idle OpenMP threads spin at barriers, and a descheduled one stalls the others).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import statistics
 import tempfile
@@ -24,6 +31,8 @@ import torch
 
 from mnist_cnn import checkpoint, data, export, models
 from mnist_cnn.augment import to_float
+from mnist_cnn.recipes import SeedConfig
+from mnist_cnn.train import normalization
 
 BATCHES = (1, 64, 1024)
 
@@ -81,7 +90,8 @@ def onnx_files(model, meta, folder: Path, train_x: torch.Tensor) -> tuple[Path, 
     return fp32, int8
 
 
-def bench_network(name: str, model, meta, test_x, train_x, seconds: float, compile_: bool, threads_b1: int) -> dict:
+def bench_network(name: str, model, meta, test_x, train_x, seconds: float, compile_: bool, threads_b1: int,
+                  threads: int | None) -> dict:
     images = to_float(test_x[:max(BATCHES)], meta["mean"], meta["std"])
     rows = {"eager fp32": measure(eager(model), images, seconds),
             "inference_mode + channels_last": measure(fast_torch(copy.deepcopy(model), False), images, seconds)}
@@ -97,7 +107,7 @@ def bench_network(name: str, model, meta, test_x, train_x, seconds: float, compi
         for label, path in (("ONNX Runtime fp32", fp32), ("ONNX Runtime int8", int8)):
             # One image gains nothing from splitting work across threads, but pays the hand-offs.
             single = export.OnnxModel(export.session(path, threads=threads_b1))
-            multi = export.OnnxModel(export.session(path))
+            multi = export.OnnxModel(export.session(path, threads=threads))
             rows[label] = {**measure(multi, images, seconds), **_batch1(measure(single, images[:1], seconds))}
     return {"network": name, "params": models.count_parameters(model), "rows": rows}
 
@@ -120,7 +130,7 @@ def table(results: list[dict]) -> str:
                 ratio = base[key] / row[key] if key == "p50_ms" else row[key] / base[key]
                 cells.append(f"{row[key]:,.0f} ({ratio:.1f}x)" if key != "p50_ms" else f"{row[key]:.3f} ({ratio:.1f}x)")
             note = f" ({row['note']})" if "note" in row else ""
-            lines.append(f"| {res['network']} ({res['params'] / 1e6:.2f} M params) | {label}{note} | "
+            lines.append(f"| {res['network']}, {res['params']:,} params | {label}{note} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -131,7 +141,8 @@ def machine() -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     cpu = f"{names[0] if names else platform.processor()}, {len(names) or '?'} logical CPUs"
-    return (f"{cpu}, {torch.get_num_threads()} torch threads; python {platform.python_version()}, "
+    load = f" (1-minute load average {os.getloadavg()[0]:.1f} at the start)" if hasattr(os, "getloadavg") else ""
+    return (f"{cpu}{load}; {torch.get_num_threads()} torch thread(s); python {platform.python_version()}, "
             f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
 
 
@@ -140,22 +151,29 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="time spent on each measurement")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--threads-b1", type=int, default=1, help="ONNX Runtime intra-op threads at batch 1")
+    parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: their own defaults)")
     parser.add_argument("--model", type=Path, help="the 'default' network's checkpoint (default: shipped model)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        args.threads_b1 = min(args.threads_b1, args.threads)
+    header = machine()  # before we load the machine ourselves
     folder = data.acquire()
     test_x, _ = data.read_split(folder, "test")
     train_x, _ = data.read_split(folder, "train")
     torch.manual_seed(0)
     seed = models.build_model("seed").eval()
-    seed_meta = checkpoint.make_metadata("seed", {}, 0.0, 1.0, config={"recipe": "seed"})  # the seed recipe's [0, 1] inputs
+    seed_meta = checkpoint.make_metadata("seed", {}, *normalization(SeedConfig()), config={"recipe": "seed"})
     default, default_meta = checkpoint.load_model(args.model)
     t0 = time.perf_counter()
-    results = [bench_network(name, model, meta, test_x, train_x, args.seconds, not args.no_compile, args.threads_b1)
+    results = [bench_network(name, model, meta, test_x, train_x, args.seconds, not args.no_compile, args.threads_b1,
+                               args.threads)
                for name, model, meta in (("seed, random weights", seed, seed_meta),
-                                         (f"default ({default_meta['arch']})", default, default_meta))]
-    print(f"machine: {machine()}")
+                                         (f"default: shipped {default_meta['arch']}", default, default_meta))]
+    print(f"machine: {header}")
     print(f"ratios are against eager fp32 (higher is better; for p50, eager's latency / this latency); "
-          f"ONNX Runtime at batch 1 uses {args.threads_b1} intra-op thread(s), else one per core; "
+          f"ONNX Runtime at batch 1 uses {args.threads_b1} intra-op thread(s), else "
+          f"{args.threads or 'one per core'}; "
           f"{time.perf_counter() - t0:.0f} s in all\n")
     print(table(results))
 

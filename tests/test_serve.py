@@ -6,7 +6,10 @@ import asyncio
 import base64
 import io
 import json
+import socket
 import struct
+import subprocess
+import sys
 import time
 import warnings
 import zlib
@@ -308,6 +311,34 @@ def test_concurrent_requests_share_a_forward_pass_and_never_block_the_loop(predi
 def test_cli_serve_reports_a_bad_model_without_a_traceback(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing.safetensors")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
+    assert main(["serve", "--workers", "0"]) == 1
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_cli_serve_with_two_worker_processes(predictor, digits):
+    """The real command: `mnist-cnn serve --workers 2` on a free loopback port answers like the predictor."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "serve", "--port", str(port), "--workers", "2",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        x = digits[0][:4]
+        for digit, e in zip(x, predictor.predict_arrays(x)):
+            assert httpx.post(url + "/api/predict", json={"pixels": digit.tolist()}).json()["digit"] == e.digit
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert "2 worker(s)" in out and "Traceback" not in out
 
 
 def test_onnx_backend_serves_the_same_answers(predictor, digits, tmp_path):

@@ -110,3 +110,24 @@ def test_smoke_train_on_real_subset_beats_threshold(mnist_dir, tmp_path):
         assert (out / name).exists()
     _, meta = checkpoint.load_model(out)
     assert meta["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_ensemble_averages_its_members_probabilities(small, tmp_path):
+    cfg = get_config("fast", epochs=1, ensemble=2, limit_train=None)
+    ensemble, histories = train.train_ensemble(cfg, small, "cpu", tmp_path)
+    assert len(histories) == 2 and (tmp_path / "member-1" / "model.safetensors").exists()
+    members = [checkpoint.load_model(tmp_path / f"member-{k}")[0] for k in range(2)]
+    x = augment.to_float(small.test_x[:16], data.MNIST_MEAN, data.MNIST_STD)
+    with torch.inference_mode():
+        expected = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+        assert torch.allclose(ensemble(x).softmax(1), expected, atol=1e-5)
+    # The ensemble is a checkpoint like any other: save, load, same logits.
+    checkpoint.save_model(tmp_path / "ens.safetensors", ensemble, train.model_metadata(cfg))
+    loaded, meta = checkpoint.load_model(tmp_path / "ens.safetensors")
+    assert meta["arch"] == "ensemble" and len(meta["arch_args"]["members"]) == 2
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x), ensemble(x), atol=1e-6)
+    # A finished member is reloaded, not retrained.
+    again, _ = train.train_ensemble(cfg, small, "cpu", tmp_path)
+    with torch.inference_mode():
+        assert torch.equal(again(x), ensemble(x))

@@ -70,7 +70,7 @@ def resolve_config(args):
         stored = json.loads((Path(args.resume) / "config.json").read_text())
         return config_from_dict(stored)
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                 "limit_train": args.limit_train, "compile": args.compile or None}
+                 "limit_train": args.limit_train, "compile": args.compile or None, "ensemble": args.ensemble}
     return get_config(args.recipe, **overrides)
 
 
@@ -99,8 +99,14 @@ def run_training(args) -> int:
     mnist = data.load_mnist(args.data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train, device=device, log=say)
     t0 = time.perf_counter()
     with TrainProgress(cfg, len(mnist.train_x), enabled=distributed.is_main()) as progress:
-        model, history = train.train(cfg, mnist, device, run_dir, resume=bool(args.resume),
-                                     on_step=progress.step, on_epoch=progress.epoch)
+        if cfg.ensemble > 1:  # members keep their own folders; the run's curves are member 0's
+            model, histories = train.train_ensemble(cfg, mnist, device, run_dir, progress.step, progress.epoch)
+            history = histories[0]
+            if distributed.is_main():
+                train.write_json(run_dir / train.HISTORY_NAME, dataclasses.asdict(history))
+        else:
+            model, history = train.train(cfg, mnist, device, run_dir, resume=bool(args.resume),
+                                         on_step=progress.step, on_epoch=progress.epoch)
     seconds = time.perf_counter() - t0
     mean, std = train.normalization(cfg)
     test = evaluate(model, mnist.test_x, mnist.test_y, mean, std, tta=cfg.tta, channels_last=cfg.channels_last)
@@ -211,110 +217,23 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     try:  # fastapi and uvicorn are the optional extra "serve"
         from . import serve
-        from .predict import Predictor
     except ImportError as exc:
         raise SystemExit(f"error: serving needs {exc.name}: pip install 'mnist-cnn[serve]'") from None
-    torch.set_num_threads(args.threads)  # small batches: extra threads only fight the event loop
-    if args.backend == "onnx":  # from_path's loader, but with our thread count (1: 0.25 vs 0.45 ms at batch 1)
-        from .export import load_onnx
-
-        predictor = Predictor(*load_onnx(args.model, threads=args.threads), min_confidence=args.min_confidence)
-    else:
-        predictor = Predictor.from_path(args.model, device=pick_device(args.device),
-                                        min_confidence=args.min_confidence)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {args.workers}")
+    device = pick_device(args.device) if args.backend == "torch" else torch.device("cpu")
+    options = {"model": str(args.model) if args.model else None, "backend": args.backend, "device": str(device),
+               "threads": args.threads, "min_confidence": args.min_confidence}
+    predictor = serve.load_predictor(**options)  # here, so a bad model is a clear error before anything starts
     acc = predictor.meta.get("metrics", {}).get("test_accuracy")
     print(f"model {args.model or checkpoint.default_model_path()} ({predictor.meta['arch']}, {args.backend}"
-          + (f", test accuracy {acc:.2f}%" if acc is not None else "") + ")", flush=True)
+          + (f", test accuracy {acc:.2f}%" if acc is not None else "") + f"), {args.workers} worker(s)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}, reachable from other machines", flush=True)
     print(f"open http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/ "
           "(Ctrl+C stops)", flush=True)
-    serve.run(predictor, host=args.host, port=args.port, backend=args.backend, log_level=args.log_level)
+    serve.run(predictor, options, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0
-
-
-# ------------------------------------------------------------------ predict
-
-
-def _describe(pred) -> str:
-    """One line for a person: the digit (or number), how sure, and the alternatives."""
-    if pred.status == "empty":
-        return "empty (no ink found)"
-    if hasattr(pred, "text"):  # a number
-        return f"{pred.text}  (" + ", ".join(
-            f"{'?' if d.digit is None else d.digit} {d.probability:.3f}" for d in pred.digits) + ")"
-    top = ", ".join(f"{d} {p:.3f}" for d, p in pred.topk)
-    if pred.status == "unsure":
-        return f"unsure  (best guess {pred.topk[0][0]} at {pred.probability:.3f}; top-{len(pred.topk)}: {top})"
-    return f"{pred.digit}  (p={pred.probability:.3f}; top-{len(pred.topk)}: {top})"
-
-
-def _save_processed(folder: Path, name: str, pred, used: set) -> None:
-    from PIL import Image
-
-    stem = "stdin" if name == "-" else Path(name).stem
-    images = [d.processed for d in pred.digits] if hasattr(pred, "digits") else [pred.processed]
-    for i, img in enumerate(x for x in images if x is not None):
-        base = f"{stem}_{i}" if hasattr(pred, "digits") else stem
-        out, n = base, 1
-        while out in used:  # same stem from two folders: keep both
-            n += 1
-            out = f"{base}-{n}"
-        used.add(out)
-        Image.fromarray(img.numpy(), "L").save(folder / f"{out}.png")
-
-
-def cmd_predict(args) -> int:
-    from .predict import Predictor, iter_inputs, predict_inputs
-
-    predictor = Predictor.from_path(args.model, backend=args.backend, min_confidence=args.min_confidence,
-                                    topk=args.topk)
-    if args.save_processed:
-        try:
-            args.save_processed.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ValueError(f"--save-processed {args.save_processed}: {exc.strerror or exc}") from None
-    try:
-        failed, total = _print_predictions(args, predictor, predict_inputs(
-            predictor, iter_inputs(args.paths, sys.stdin.buffer), multi=args.multi))
-    except BrokenPipeError:  # `mnist-cnn predict ... | head`: the reader left; stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    if failed:
-        print(f"{failed} of {total} inputs failed", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _print_predictions(args, predictor, results) -> tuple[int, int]:
-    import csv
-
-    writer = csv.writer(sys.stdout) if args.format == "csv" else None
-    if writer:
-        writer.writerow(["path", "status", "prediction", "probability", "topk", "error"])
-    used, failed, total = set(), 0, 0
-    for result in results:
-        total += 1
-        pred, failed = result.prediction, failed + (result.error is not None)
-        if pred is not None and args.save_processed:
-            _save_processed(args.save_processed, result.name, pred, used)
-        if args.format == "json":
-            body = {"status": "error", "error": result.error} if pred is None else pred.to_dict()
-            print(json.dumps({"path": result.name, **body}), flush=True)
-        elif writer:
-            if pred is None:
-                writer.writerow([result.name, "error", "", "", "", result.error])
-            elif hasattr(pred, "text"):
-                writer.writerow([result.name, pred.status, pred.text,
-                                 f"{min((d.probability for d in pred.digits), default=0):.4f}",
-                                 " ".join(f"{d.topk[0][0]}:{d.probability:.4f}" for d in pred.digits), ""])
-            else:
-                writer.writerow([result.name, pred.status, "" if pred.digit is None else pred.digit,
-                                 f"{pred.probability:.4f}", " ".join(f"{d}:{p:.4f}" for d, p in pred.topk), ""])
-        elif pred is None:
-            print(f"{result.name}: error: {result.error}", file=sys.stderr, flush=True)
-        else:
-            print(f"{result.name}: {_describe(pred)}", flush=True)
-    return failed, total
 
 
 # ------------------------------------------------------------------- parser
@@ -341,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--limit-train", type=int, metavar="N", help="train on N images only")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--ensemble", type=int, metavar="N", help="train N models (seeds S..S+N-1), average them")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder (default runs/RECIPE-TIME)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
@@ -392,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
                    help="torch backend device (default cpu: fastest for one image at a time)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of torch or ONNX Runtime")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the "
+                   "model (2 roughly doubled image requests/s on 2 cores)")
     p.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
                    help='below this probability the answer says "unsure"')
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -154,8 +154,10 @@ def export_checkpoint(model_path: Path | str | None, out: Path, int8: bool = Fal
     mean, std = meta["mean"], meta["std"]
     folder = data.acquire(data_dir)
     test_x, test_y = data.read_split(folder, "test")
-    report = {"precision": "int8" if int8 else "fp32", "source": str(model_path or checkpoint.default_model_path()),
-              "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}}
+    report = {"precision": "int8" if int8 else "fp32",
+              "source": str(model_path or checkpoint.default_model_path()),
+              "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                           "onnxruntime": onnxruntime.__version__}}
     with tempfile.TemporaryDirectory(prefix="mnist-cnn-export-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         to_onnx(model, fp32_path)

@@ -101,7 +101,23 @@ class BNNet(nn.Module):
         return self.head(self.dropout(x))  # (B, 10) logits
 
 
-REGISTRY = {"seed": SeedNet, "reference": ReferenceNet, "bnnet": BNNet}
+class Ensemble(nn.Module):
+    """Several networks whose softmax probabilities are averaged.
+
+    `members` lists each one's {"arch", "arch_args"}, so an ensemble checkpoint is as
+    self-describing as a single model's and loads through the same `load_model`.
+    """
+
+    def __init__(self, members: list[dict]):
+        super().__init__()
+        self.members = nn.ModuleList(build_model(m["arch"], **m.get("arch_args", {})) for m in members)
+
+    def forward(self, x):
+        probs = torch.stack([m(x).softmax(1) for m in self.members]).mean(0)  # (B, 10)
+        return probs.clamp_min(1e-12).log()  # log of the averaged probabilities serves as logits
+
+
+REGISTRY = {"seed": SeedNet, "reference": ReferenceNet, "bnnet": BNNet, "ensemble": Ensemble}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:

@@ -13,7 +13,7 @@ class TrainProgress:
 
     def __init__(self, cfg, n_train: int, enabled: bool = True):
         self.cfg = cfg
-        steps = max(1, n_train // cfg.batch_size) * cfg.epochs
+        steps = max(1, n_train // cfg.batch_size) * cfg.epochs * cfg.ensemble
         self.bar = tqdm(total=steps, unit="step", dynamic_ncols=True, disable=not enabled,
                         leave=False, mininterval=0.5)
         self.enabled = enabled

@@ -203,12 +203,36 @@ def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, re
     return (ema or model).eval(), history
 
 
+def train_ensemble(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, on_step=None,
+                   on_epoch=None) -> tuple[nn.Module, list[History]]:
+    """Train `cfg.ensemble` members (seeds seed, seed+1, ...) and return their `models.Ensemble`.
+
+    Each member lives in `run_dir/member-K` and resumes from its own checkpoint, so a
+    crash costs at most one member's epoch; finished members are simply reloaded.
+    """
+    members, histories = [], []
+    for k in range(cfg.ensemble):
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + k, ensemble=1)
+        member_dir = Path(run_dir) / f"member-{k}" if run_dir is not None else None
+        resume = member_dir is not None and (member_dir / STATE_NAME).exists()
+        model, history = train(member_cfg, data, device, member_dir, resume, on_step, on_epoch)
+        members.append(_unwrapped(model))
+        histories.append(history)
+    ensemble = models.Ensemble([{"arch": cfg.model, "arch_args": cfg.model_args}] * cfg.ensemble).to(device)
+    for slot, member in zip(ensemble.members, members):
+        slot.load_state_dict(member.state_dict())
+    return ensemble.eval(), histories
+
+
 # ------------------------------------------------------------- checkpointing
 
 
 def model_metadata(cfg: TrainConfig, metrics: dict | None = None) -> dict:
     mean, std = normalization(cfg)
-    return checkpoint.make_metadata(cfg.model, cfg.model_args, mean, std, dataclasses.asdict(cfg), metrics)
+    arch, args = cfg.model, cfg.model_args
+    if cfg.ensemble > 1:
+        arch, args = "ensemble", {"members": [{"arch": arch, "arch_args": args}] * cfg.ensemble}
+    return checkpoint.make_metadata(arch, args, mean, std, dataclasses.asdict(cfg), metrics)
 
 
 def save_train_state(run_dir: Path, cfg, model, optimizer, ema, history: History, epochs_done: int) -> None:
