@@ -7,7 +7,7 @@ asyncio HTTP/1.1 client, so it takes as little CPU as it can from the server it 
 machine). Payloads: "pixels" (a 28x28 JSON array, no image decoding), "png" (the MNIST digit as a 28x28
 PNG, full preprocessing) and "canvas" (a 280x280 transparent PNG with dark ink, what the page sends).
 
-    python benchmarks/serve_load.py --concurrency 1 8 32 --requests 2000 --backend torch onnx
+    python benchmarks/serve_load.py --concurrency 1 8 32 --requests 2000 --backend torch onnx --workers 1 2
 """
 
 from __future__ import annotations
@@ -110,9 +110,9 @@ async def load(port, requests, labels, concurrency, n, time_limit):
             "correct": sum(r[2] for r in results) / max(1, len(results))}
 
 
-def start_server(port: int, backend: str, model: str | None, threads: int) -> subprocess.Popen:
+def start_server(port: int, backend: str, model: str | None, threads: int, workers: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mnist_cnn", "serve", "--port", str(port), "--log-level", "warning",
-           "--backend", backend, "--threads", str(threads)]
+           "--backend", backend, "--threads", str(threads), "--workers", str(workers)]
     if model:
         cmd += ["--model", model]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
@@ -141,9 +141,11 @@ def shipped_onnx(folder: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint (torch) or .onnx file (onnx); default: the shipped model")
+    parser.add_argument("--model", help="checkpoint for the torch backend (default: the shipped model)")
+    parser.add_argument("--onnx-model", help=".onnx file for the onnx backend (default: the shipped model, exported)")
     parser.add_argument("--backend", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
     parser.add_argument("--threads", type=int, default=1, help="the server's intra-op threads")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--payload", nargs="+", default=["pixels", "png", "canvas"],
                         choices=["pixels", "png", "canvas"])
@@ -156,21 +158,22 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before the run; client and server share "
           f"them. Up to {args.requests} requests per row, "
           f"{args.time_limit:g} s at most; 'right' counts answers equal to the label (unsure ones are not).")
-    print(f"{'backend':7} {'payload':7} {'C':>3} {'requests':>8} {'errors':>6} {'req/s':>6} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'right':>6}")
+    print(f"{'backend':7} {'workers':>7} {'payload':7} {'C':>3} {'requests':>8} {'errors':>6} {'req/s':>6} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'right':>6}")
     with tempfile.TemporaryDirectory() as tmp:
-        for backend in args.backend:
-            model = args.model or (shipped_onnx(tmp) if backend == "onnx" else None)
+        onnx = args.onnx_model or (shipped_onnx(tmp) if "onnx" in args.backend else None)
+        for backend, workers in [(b, w) for b in args.backend for w in args.workers]:
             port = free_port()
-            server = start_server(port, backend, model, args.threads)
+            server = start_server(port, backend, onnx if backend == "onnx" else args.model, args.threads, workers)
             try:
                 for kind in args.payload:
                     requests = make_requests(kind, digits, port)
                     asyncio.run(load(port, requests, labels, 4, 100, 10))  # warm-up
                     for c in args.concurrency:
                         r = asyncio.run(load(port, requests, labels, c, args.requests, args.time_limit))
-                        print(f"{backend:7} {kind:7} {c:>3} {r['requests']:>8} {r['errors']:>6} {r['per_s']:>6.0f} "
-                              f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {100 * r['correct']:>5.1f}%", flush=True)
+                        print(f"{backend:7} {workers:>7} {kind:7} {c:>3} {r['requests']:>8} {r['errors']:>6} "
+                              f"{r['per_s']:>6.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {100 * r['correct']:>5.1f}%",
+                              flush=True)
             finally:
                 server.terminate()
                 server.wait(timeout=30)

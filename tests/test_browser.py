@@ -68,7 +68,8 @@ def page(browser, server):
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.on("request", lambda r: r.url.startswith((server, "data:", "blob:")) or foreign.append(r.url))
     pg.goto(server + "/")
-    pg.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')")
+    # A locator, not wait_for_function: polling a JS string needs eval, which the page's CSP forbids.
+    pg.locator("#model-info", has_text="Model:").wait_for()
     yield pg
     context.close()
     assert not errors, errors

@@ -12,7 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from mnist_cnn import preprocess
-from mnist_cnn.preprocess import ImageError, decode, label_components, luminance, segment_digits, to_mnist
+from mnist_cnn.preprocess import ImageError, decode, label_components, luminance, to_mnist
+from mnist_cnn.segment import segment_digits
 
 
 def png(img: Image.Image, **kw) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import socket
 import struct
 import subprocess
@@ -152,8 +151,8 @@ def test_unsure_below_min_confidence(predictor, digits, test_split):
 
 def test_multi_digit_number(client, predictor, digits):
     x, y = digits
-    strip = torch.cat([torch.zeros(28, 8, dtype=torch.uint8)] + [torch.cat([d, torch.zeros(28, 8, dtype=torch.uint8)], 1)
-                                                                 for d in x[:4]], 1)
+    gap = torch.zeros(28, 8, dtype=torch.uint8)
+    strip = torch.cat([gap] + [torch.cat([d, gap], 1) for d in x[:4]], 1)  # four test digits, spaced
     buf = io.BytesIO()
     Image.fromarray(255 - strip.numpy()).resize((strip.shape[1] * 5, 28 * 5)).save(buf, format="PNG")
     expect = predictor.predict_number(preprocess.decode(buf.getvalue()))
@@ -219,7 +218,8 @@ def test_truncated_and_query_errors(client, digits):
 
 def test_garbage_never_gets_a_500(client):
     rng = np.random.default_rng(0)
-    junk = [rng.bytes(n) for n in (1, 17, 300, 5000)] + [b"\x89PNG\r\n\x1a\n" + rng.bytes(200), b"GIF89a" + rng.bytes(50)]
+    junk = [rng.bytes(n) for n in (1, 17, 300, 5000)]
+    junk += [b"\x89PNG\r\n\x1a\n" + rng.bytes(200), b"GIF89a" + rng.bytes(50)]  # image headers, garbage after
     for path in ("/api/predict", "/api/predict?multi=true", "/api/predict/batch"):
         for raw in junk:
             for kind in ("image/png", "application/json", "multipart/form-data; boundary=x", "application/x-foo"):

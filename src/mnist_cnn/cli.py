@@ -236,6 +236,90 @@ def cmd_serve(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ predict
+
+
+def _describe(pred) -> str:
+    """One line for a person: the digit (or number), how sure, and the alternatives."""
+    if pred.status == "empty":
+        return "empty (no ink found)"
+    if hasattr(pred, "text"):  # a number
+        return f"{pred.text}  (" + ", ".join(
+            f"{'?' if d.digit is None else d.digit} {d.probability:.3f}" for d in pred.digits) + ")"
+    top = ", ".join(f"{d} {p:.3f}" for d, p in pred.topk)
+    if pred.status == "unsure":
+        return f"unsure  (best guess {pred.topk[0][0]} at {pred.probability:.3f}; top-{len(pred.topk)}: {top})"
+    return f"{pred.digit}  (p={pred.probability:.3f}; top-{len(pred.topk)}: {top})"
+
+
+def _save_processed(folder: Path, name: str, pred, used: set) -> None:
+    from PIL import Image
+
+    stem = "stdin" if name == "-" else Path(name).stem
+    images = [d.processed for d in pred.digits] if hasattr(pred, "digits") else [pred.processed]
+    for i, img in enumerate(x for x in images if x is not None):
+        base = f"{stem}_{i}" if hasattr(pred, "digits") else stem
+        out, n = base, 1
+        while out in used:  # same stem from two folders: keep both
+            n += 1
+            out = f"{base}-{n}"
+        used.add(out)
+        Image.fromarray(img.numpy(), "L").save(folder / f"{out}.png")
+
+
+def cmd_predict(args) -> int:
+    from .predict import Predictor, iter_inputs, predict_inputs
+
+    predictor = Predictor.from_path(args.model, backend=args.backend, min_confidence=args.min_confidence,
+                                    topk=args.topk)
+    if args.save_processed:
+        try:
+            args.save_processed.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--save-processed {args.save_processed}: {exc.strerror or exc}") from None
+    try:
+        failed, total = _print_predictions(args, predictor, predict_inputs(
+            predictor, iter_inputs(args.paths, sys.stdin.buffer), multi=args.multi))
+    except BrokenPipeError:  # `mnist-cnn predict ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    if failed:
+        print(f"{failed} of {total} inputs failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _print_predictions(args, predictor, results) -> tuple[int, int]:
+    import csv
+
+    writer = csv.writer(sys.stdout) if args.format == "csv" else None
+    if writer:
+        writer.writerow(["path", "status", "prediction", "probability", "topk", "error"])
+    used, failed, total = set(), 0, 0
+    for result in results:
+        total += 1
+        pred, failed = result.prediction, failed + (result.error is not None)
+        if pred is not None and args.save_processed:
+            _save_processed(args.save_processed, result.name, pred, used)
+        if args.format == "json":
+            body = {"status": "error", "error": result.error} if pred is None else pred.to_dict()
+            print(json.dumps({"path": result.name, **body}), flush=True)
+        elif writer:
+            if pred is None:
+                writer.writerow([result.name, "error", "", "", "", result.error])
+            elif hasattr(pred, "text"):
+                writer.writerow([result.name, pred.status, pred.text,
+                                 f"{min((d.probability for d in pred.digits), default=0):.4f}",
+                                 " ".join(f"{d.topk[0][0]}:{d.probability:.4f}" for d in pred.digits), ""])
+            else:
+                writer.writerow([result.name, pred.status, "" if pred.digit is None else pred.digit,
+                                 f"{pred.probability:.4f}", " ".join(f"{d}:{p:.4f}" for d, p in pred.topk), ""])
+        elif pred is None:
+            print(f"{result.name}: error: {result.error}", file=sys.stderr, flush=True)
+        else:
+            print(f"{result.name}: {_describe(pred)}", flush=True)
+    return failed, total
+
+
 # ------------------------------------------------------------------- parser
 
 
@@ -313,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch backend device (default cpu: fastest for one image at a time)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of torch or ONNX Runtime")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the "
-                   "model (2 roughly doubled image requests/s on 2 cores)")
+                   "model: image preprocessing holds the GIL, so more processes can use more cores")
     p.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
                    help='below this probability the answer says "unsure"')
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterable, Iterator
 import torch
 from PIL import Image
 
-from . import checkpoint, preprocess
+from . import checkpoint, preprocess, segment
 from .augment import to_float
 
 
@@ -111,7 +111,7 @@ class Predictor:
 
     def predict_number(self, img: Image.Image) -> NumberPrediction:
         """A written number -> its digits left to right, with each digit's confidence."""
-        digits = preprocess.segment_digits(img, score=self._confidence)
+        digits = segment.segment_digits(img, score=self._confidence)
         if not digits:
             return NumberPrediction(text="", digits=[], status="empty")
         preds = self.predict_arrays(torch.stack(digits))

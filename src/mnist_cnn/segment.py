@@ -1,0 +1,134 @@
+"""Reading a written number: cut the page's ink into digits, left to right, each in MNIST form.
+
+Connected components are grouped into blobs (a digit's broken strokes are merged); a blob
+much wider than a digit is cut into several, where a classifier is most confident.
+
+    mnist-cnn predict number.jpg --multi
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .preprocess import Page, bbox, component_boxes, find_ink, render
+
+# Multi-digit: a blob wider than SPLIT_H x a digit's height and SPLIT_W x the number's typical digit
+# width holds several digits; between MAYBE_W and SPLIT_W a classifier decides. NARROW x the height is
+# the least typical width (so a number of 1s does not make every other digit look wide).
+SPLIT_H, SPLIT_W, MAYBE_W, NARROW = 1.0, 1.6, 1.2, 0.8
+
+
+def segment_digits(img: Image.Image, score=None) -> list[torch.Tensor]:
+    """A written number -> its digits left to right, each in `to_mnist` form ([] when no ink).
+
+    `score`, if given, rates candidate digits (k, 28, 28) uint8 -> float, higher is better
+    (a classifier's confidence); touching digits are then cut where it is most confident.
+    """
+    page = find_ink(img)
+    if page is None or page.count == 0:
+        return []
+    digits = []
+    for mask, counts in digit_blobs(page.labels, page.count):
+        options = [_cut(page, mask, n, score) for n in (counts if score else counts[:1])]
+        digits += max(options, key=lambda d: score(torch.stack(d))) if len(options) > 1 else options[0]
+    return digits
+
+
+def digit_blobs(labels: np.ndarray, count: int) -> list[tuple[np.ndarray, tuple[int, ...]]]:
+    """Group components into blobs left to right, each with how many digits it may hold (likeliest first):
+    a digit's broken strokes are merged, and a blob much wider than a digit holds several."""
+    boxes = [tuple(int(v) for v in b) for b in component_boxes(labels, count)]
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    groups = [[i] for i in np.argsort([b[2] for b in boxes])]  # left to right
+    a = 0
+    while a < len(groups):  # pieces that share most of their columns are one digit (a broken 4)
+        b = next((b for b in range(a + 1, len(groups))
+                  if _overlap(_span(boxes, groups[a]), _span(boxes, groups[b])) >= 0.5), None)
+        if b is None:
+            a += 1
+        else:
+            groups[a] += groups.pop(b)
+    spans = [_span(boxes, g) for g in groups]
+    sizes = np.array([areas[g].sum() for g in groups])
+    heights = np.array([y1 - y0 for y0, y1, _, _ in spans])
+    height = float(np.median(heights[sizes >= 0.25 * sizes.max()]))  # a digit's height in this number
+    # A short, light group is a piece of a digit (a 5's detached bar), not a digit: attach it to
+    # the digit it overlaps most, or the nearest; far from every digit, it is a stray mark.
+    piece = (heights < 0.5 * height) & (sizes < 0.5 * np.median(sizes))
+    digits = [k for k in range(len(groups)) if not piece[k]] or list(range(len(groups)))
+    members = {k: list(groups[k]) for k in digits}
+    for k in set(range(len(groups))) - set(digits):
+        best = max(digits, key=lambda d: (_overlap(spans[d], spans[k]), -_gap(spans[d], spans[k])))
+        if _gap(spans[best], spans[k]) < 0.3 * height:
+            members[best] += groups[k]
+    final = [_span(boxes, members[k]) for k in digits]
+    widths = np.array([x1 - x0 for _, _, x0, x1 in final])
+    # A digit's width in this number, from the blobs that look like single digits other than 1s.
+    single = widths[(widths >= 0.45 * height) & (widths <= 1.1 * height)]
+    width = max(float(np.median(single)) if len(single) else 0.0, NARROW * height)
+    blobs = []
+    for k, w, (y0, y1, _, _) in zip(digits, widths, final):
+        h = max(y1 - y0, height)
+        # MNIST digits are at most ~1.4x as wide as tall (95th percentile of the widest class, a 5);
+        # narrower blobs hold several digits only when much wider than this number's others.
+        if w >= 1.5 * h:
+            counts = (max(2, round(w / max(width, 0.85 * h))),)
+        elif w > SPLIT_H * h and w > SPLIT_W * width:
+            counts = (max(2, round(w / width)),)
+        elif w > SPLIT_H * h and w > MAYBE_W * width:
+            counts = (1, 2)
+        else:
+            counts = (1,)
+        if counts == (2,):  # two digits, or one very wide one: let a classifier's `score` decide
+            counts = (2, 1)
+        blobs.append((np.isin(labels, np.array(members[k]) + 1), counts))
+    return blobs
+
+
+def _span(boxes, group):
+    b = np.array([boxes[i] for i in group])
+    return int(b[:, 0].min()), int(b[:, 1].max()), int(b[:, 2].min()), int(b[:, 3].max())
+
+
+def _overlap(a, b) -> float:
+    """Shared columns as a fraction of the narrower box's width."""
+    shared = min(a[3], b[3]) - max(a[2], b[2])
+    return shared / max(1, min(a[3] - a[2], b[3] - b[2]))
+
+
+def _gap(a, b) -> int:
+    return max(a[2], b[2]) - min(a[3], b[3])
+
+
+def _cut(page: Page, mask: np.ndarray, n: int, score) -> list[torch.Tensor]:
+    """Cut a blob of n touching digits at columns: the thinnest ones near even spacing, then, with
+    a `score`, each cut moved to wherever the pieces are recognized most confidently."""
+    _, _, x0, x1 = bbox(mask)
+    step, ink = (x1 - x0) / n, mask.sum(0)
+
+    def thinnest(c):
+        lo, hi = int(c - 0.3 * step), int(c + 0.3 * step) + 1
+        return lo + int(np.argmin(ink[lo:hi] + 1e-3 * np.abs(np.arange(lo, hi) - c)))
+
+    def pieces(cuts):
+        bounds = [x0, *cuts, x1]
+        if any(b <= a for a, b in zip(bounds, bounds[1:])):
+            return None
+        columns = np.arange(mask.shape[1])[None, :]
+        parts = [mask & (columns >= a) & (columns < b) for a, b in zip(bounds, bounds[1:])]
+        return [render(page, p) for p in parts] if all(p.any() for p in parts) else None
+
+    cuts = [thinnest(x0 + k * step) for k in range(1, n)]
+    best = pieces(cuts) or [render(page, mask)]
+    if score is None or n == 1:
+        return best
+    best_score = score(torch.stack(best))
+    for k in range(n - 1):
+        for offset in np.linspace(-0.4, 0.4, 9) * step:
+            trial = cuts[:k] + [int(round(x0 + (k + 1) * step + offset))] + cuts[k + 1:]
+            digits = pieces(trial)
+            if digits is not None and (s := score(torch.stack(digits))) > best_score:
+                best, best_score, cuts = digits, s, trial
+    return best
