@@ -114,7 +114,7 @@ class DefaultConfig(TrainConfig):
     recipe: str = "default"
     model: str = "bnnet"
     model_args: dict = field(default_factory=lambda: {"widths": [32, 64, 128], "depth": 1, "head": "flatten"})
-    epochs: int = 7
+    epochs: int = 9
     batch_size: int = 128
     optimizer: str = "sgd"
     lr: float = 0.1
