@@ -302,7 +302,3 @@ def load_mnist(data_dir: Path | None = None, val_size: int = 5000, split_seed: i
         train_idx = torch.arange(len(train_x))[: limit_train or len(train_x)]
     return MNIST(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
                  test_x, test_y).to(device)
-
-
-def data_hashes() -> dict[str, str]:
-    return dict(SHA256)

@@ -54,8 +54,9 @@ class TrainConfig:
 class SeedConfig(TrainConfig):
     """The notebook's recipe, exactly: pixels in [0, 1], batch 50, SGD 0.01/0.95, 3 epochs.
 
-    Trains on all 60,000 images in their original order, reshuffled each epoch, as
-    the notebook's DataLoader did. Measured: see README (2-core CPU).
+    Trains on all 60,000 images, reshuffled each epoch, as the notebook's DataLoader did.
+    Measured (2-core AMD EPYC CPU, torch 2.13 CPU): 98.99% test accuracy in 769 s with
+    seed 0, on a partly shared machine; see README for other seeds.
     """
 
     recipe: str = "seed"
@@ -71,7 +72,10 @@ class SeedConfig(TrainConfig):
 
 @dataclass
 class ReferenceConfig(TrainConfig):
-    """The PyTorch example's recipe (pytorch/examples mnist): Adadelta 1.0, StepLR 0.7, 14 epochs."""
+    """The PyTorch example's recipe (pytorch/examples mnist): Adadelta 1.0, StepLR 0.7, 14 epochs.
+
+    Measured (2-core AMD EPYC CPU): 99.21% test accuracy in 615 s.
+    """
 
     recipe: str = "reference"
     model: str = "reference"
@@ -89,7 +93,8 @@ class FastConfig(TrainConfig):
     """Seconds to 99%: three epochs of a two-stage BN network with a flatten head, one-cycle SGD.
 
     No augmentation or label smoothing: in so short a run they slow convergence more
-    than they help generalization.
+    than they help generalization. Measured (2-core AMD EPYC CPU, 2 threads): 99.20% mean
+    test accuracy over 5 seeds (99.16-99.22), 37 s of training each, 0.048x the seed recipe.
     """
 
     recipe: str = "fast"
@@ -109,7 +114,11 @@ class FastConfig(TrainConfig):
 
 @dataclass
 class DefaultConfig(TrainConfig):
-    """What a bare `mnist-cnn train` runs: >= 99.6% in under 3 minutes on a 2-core CPU."""
+    """What a bare `mnist-cnn train` runs: a three-stage BN network, augmentation, EMA, TTA.
+
+    Measured (2-core AMD EPYC CPU, 2 threads): 99.60%, 99.55%, 99.64% test accuracy for
+    seeds 0-2 (mean 99.60%) in 168-239 s of training. Seed 0 is the shipped model.
+    """
 
     recipe: str = "default"
     model: str = "bnnet"
@@ -138,6 +147,8 @@ class BestConfig(DefaultConfig):
     """Accuracy first: the default network trained twice as long, with a slower EMA and TTA.
 
     `--ensemble N` trains N of these (seeds S..S+N-1) and averages their probabilities.
+    Not yet measured to completion: by the default recipe's epoch time, one member takes
+    about 5 minutes on the 2-core CPU.
     """
 
     recipe: str = "best"
