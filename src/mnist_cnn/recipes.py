@@ -147,8 +147,8 @@ class BestConfig(DefaultConfig):
     """Accuracy first: the default network trained twice as long, with a slower EMA and TTA.
 
     `--ensemble N` trains N of these (seeds S..S+N-1) and averages their probabilities.
-    Not yet measured to completion: by the default recipe's epoch time, one member takes
-    about 5 minutes on the 2-core CPU.
+    Measured (2-core AMD EPYC CPU, 2 threads), `--ensemble 3`: members 99.61%, 99.62%,
+    99.64% (about 5 minutes each), ensemble 99.65%, 934 s in all.
     """
 
     recipe: str = "best"
