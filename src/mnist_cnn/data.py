@@ -294,11 +294,10 @@ def load_mnist(data_dir: Path | None = None, val_size: int = 5000, split_seed: i
     data_dir = acquire(data_dir, log=log)
     train_x, train_y = read_split(data_dir, "train")
     test_x, test_y = read_split(data_dir, "test")
-    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(split_seed))
-    val_idx, train_idx = order[:val_size], order[val_size:]
-    if limit_train is not None:
-        train_idx = train_idx[:limit_train]
-    if val_size == 0:  # keep the original order, as the notebook's loader had it
-        train_idx = torch.arange(len(train_x))[: limit_train or len(train_x)]
+    if val_size == 0:  # nothing to carve: keep the original order, as the notebook's loader had it
+        order = torch.arange(len(train_x))
+    else:
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = order[:val_size], order[val_size:][:limit_train]
     return MNIST(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
                  test_x, test_y).to(device)
