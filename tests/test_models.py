@@ -25,11 +25,32 @@ def test_reference_network_is_the_pytorch_example():
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("widths, depth", [((16, 32, 64), 1), ((24, 48, 96), 2)])
-def test_bnnet_returns_logits_for_any_widths(widths, depth):
-    model = models.build_model("bnnet", widths=widths, depth=depth).eval()
+@pytest.mark.parametrize("widths, depth, pool_early", [((16, 32, 64), 1, False), ((24, 48, 96), 2, True)])
+def test_bnnet_returns_logits_for_any_widths(widths, depth, pool_early):
+    model = models.build_model("bnnet", widths=widths, depth=depth, pool_early=pool_early).eval()
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     assert model.head.in_features == widths[-1] * (28 >> len(widths)) ** 2
+
+
+def test_pool_early_is_the_same_function_when_batch_norm_scales_are_positive():
+    """Max-pooling commutes with a per-channel increasing map (BN with positive scale, then ReLU).
+
+    So with the same weights, in eval mode, both stage orders must give the same logits.
+    """
+    torch.manual_seed(0)
+    late = models.build_model("bnnet", widths=(8, 16, 32), depth=2)
+    early = models.build_model("bnnet", widths=(8, 16, 32), depth=2, pool_early=True)
+    for module in late.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 2.0)
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2.0)
+    late_state, early_keys = late.state_dict(), list(early.state_dict())
+    assert [v.shape for v in late_state.values()] == [early.state_dict()[k].shape for k in early_keys]
+    early.load_state_dict(dict(zip(early_keys, late_state.values())))  # same tensors, in layer order
+    x = torch.randn(4, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.allclose(early.eval()(x), late.eval()(x), atol=1e-5)
 
 
 def test_unknown_model_is_a_clear_error():

@@ -216,12 +216,19 @@ def train_ensemble(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None =
         member_dir = Path(run_dir) / f"member-{k}" if run_dir is not None else None
         resume = member_dir is not None and (member_dir / STATE_NAME).exists()
         model, history = train(member_cfg, data, device, member_dir, resume, on_step, on_epoch)
-        members.append(_unwrapped(model))
+        members.append(model)
         histories.append(history)
-    ensemble = models.Ensemble([{"arch": cfg.model, "arch_args": cfg.model_args}] * cfg.ensemble).to(device)
+    return ensemble_of(cfg, members, device), histories
+
+
+def ensemble_of(cfg: TrainConfig, members: list[nn.Module], device) -> models.Ensemble:
+    """One `models.Ensemble` holding copies of trained members of the recipe's architecture."""
+    ensemble = models.Ensemble([{"arch": cfg.model, "arch_args": cfg.model_args}] * len(members)).to(device)
     for slot, member in zip(ensemble.members, members):
-        slot.load_state_dict(member.state_dict())
-    return ensemble.eval(), histories
+        slot.load_state_dict(_unwrapped(member).state_dict())
+    if cfg.channels_last:
+        ensemble = ensemble.to(memory_format=torch.channels_last)
+    return ensemble.eval()
 
 
 # ------------------------------------------------------------- checkpointing
