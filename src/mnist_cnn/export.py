@@ -105,8 +105,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: torch.Tensor) ->
     quant_pre_process(str(fp32_path), str(prepared))
     reader = Calibration(calibration.numpy().astype(np.float32))
     # Only the layers with weights worth quantizing: a batch norm that follows a
-    # max-pool (`pool_early`) cannot be folded into its conv and stays float, which
-    # spares a quantize/dequantize pair around it.
+    # max-pool (`pool_early`) cannot be folded into its conv, and per-channel
+    # quantization of its 1-D weight only draws warnings (same accuracy and speed).
     quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=["Conv", "MatMul", "Gemm"])

@@ -223,7 +223,7 @@ def train_ensemble(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None =
 
 def ensemble_of(cfg: TrainConfig, members: list[nn.Module], device) -> models.Ensemble:
     """One `models.Ensemble` holding copies of trained members of the recipe's architecture."""
-    ensemble = models.Ensemble([{"arch": cfg.model, "arch_args": cfg.model_args}] * len(members)).to(device)
+    ensemble = models.Ensemble(member_specs(cfg, len(members))).to(device)
     for slot, member in zip(ensemble.members, members):
         slot.load_state_dict(_unwrapped(member).state_dict())
     if cfg.channels_last:
@@ -234,11 +234,16 @@ def ensemble_of(cfg: TrainConfig, members: list[nn.Module], device) -> models.En
 # ------------------------------------------------------------- checkpointing
 
 
+def member_specs(cfg: TrainConfig, n: int) -> list[dict]:
+    """`models.Ensemble`'s description of n members of the recipe's architecture."""
+    return [{"arch": cfg.model, "arch_args": cfg.model_args}] * n
+
+
 def model_metadata(cfg: TrainConfig, metrics: dict | None = None) -> dict:
     mean, std = normalization(cfg)
     arch, args = cfg.model, cfg.model_args
     if cfg.ensemble > 1:
-        arch, args = "ensemble", {"members": [{"arch": arch, "arch_args": args}] * cfg.ensemble}
+        arch, args = "ensemble", {"members": member_specs(cfg, cfg.ensemble)}
     return checkpoint.make_metadata(arch, args, mean, std, dataclasses.asdict(cfg), metrics)
 
 
