@@ -48,7 +48,7 @@ OUTPUTS = {"config.json", "history.json", "metrics.json", "model.safetensors", "
 
 
 def worker(argv: list[str]) -> int:
-    """`mnist-cnn train` with spies; configured by MNIST_CNN_TEST_SPY (a folder), MNIST_CNN_TEST_KILL
+    """`mnist-cnn train` with spies (writes, final weights, when each rank left the group); configured by MNIST_CNN_TEST_SPY (a folder), MNIST_CNN_TEST_KILL
     ("RANK:STEP": that rank SIGKILLs itself after that step) and MNIST_CNN_TEST_REPORT=0 (skip the figures)."""
     from mnist_cnn import cli, report
 
@@ -96,6 +96,14 @@ def worker(argv: list[str]) -> int:
         return model, history
 
     train.train = spied_train
+
+    real_destroy = torch.distributed.destroy_process_group
+
+    def spied_destroy(*args, **kwargs):
+        (spy / f"left-rank{rank}.txt").write_text(repr(time.time()))
+        return real_destroy(*args, **kwargs)
+
+    torch.distributed.destroy_process_group = spied_destroy
     if os.environ.get("MNIST_CNN_TEST_REPORT") == "0":  # figures take seconds and are not under test here
         report.write_run_report = lambda *args, **kwargs: None
     return cli.main(argv)
@@ -165,6 +173,14 @@ def test_rank0_alone_writes_the_outputs_and_prints(runs):
     assert ddp["metrics"]["world_size"] == 2 and runs["single"]["metrics"]["world_size"] == 1
     assert ddp["proc"].stdout.count("test accuracy") == 1
     assert ddp["proc"].stdout.count("recipe fast") == 1
+
+
+def test_no_rank_leaves_the_group_while_rank0_still_writes(runs):
+    """Tearing down gloo while a peer still worked once aborted a rank in CI; teardown waits for everyone."""
+    ddp = runs["ddp"]
+    last_write = max(p.stat().st_mtime for p in ddp["dir"].rglob("*") if p.is_file())
+    for r in (0, 1):
+        assert float((ddp["spy"] / f"left-rank{r}.txt").read_text()) >= last_write
 
 
 def test_ddp_accuracy_matches_one_process_with_the_same_global_batch(runs):

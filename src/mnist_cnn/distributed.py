@@ -70,7 +70,14 @@ def setup(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> No
 
 
 def teardown() -> None:
+    """Leave the process group once every rank is done with it.
+
+    The barrier matters: rank 0 spends seconds saving and drawing the report after
+    the last collective, and a rank that destroyed its gloo group meanwhile was
+    seen (rarely, in CI) to abort with "terminate called without an active exception".
+    """
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
