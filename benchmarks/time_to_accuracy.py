@@ -95,12 +95,13 @@ def main(argv=None) -> None:
             cfg = get_config(name, seed=seed)
             mnist = data.load_mnist(args.data_dir, val_size=cfg.val_size, device=device)
             result = (run_quick if args.quick else run_full)(cfg, mnist, device)
-            print(f"  {name} seed {seed}: {result['seconds']:.1f} s, test {result['accuracy']}", flush=True)
+            test = "not scored (quick)" if result["accuracy"] is None else f"{result['accuracy']:.2f}%"
+            print(f"  {name} seed {seed}: {result['seconds']:.1f} s, test {test}", flush=True)
             results.append(result)
         rows.append((name, cfg, results))
         if name in args.ensemble.split(",") and len(results) > 1 and not args.quick:
             result = ensemble_row(cfg, results, mnist, device)
-            print(f"  {name} ensemble of {len(results)}: test {result['accuracy']}", flush=True)
+            print(f"  {name} ensemble of {len(results)}: test {result['accuracy']:.2f}%", flush=True)
             rows.append((f"{name} ensemble of {len(results)}", cfg, [result]))
 
     seed_seconds = next((statistics.mean(r["seconds"] for r in res) for n, _, res in rows if n == "seed"), None)

@@ -12,7 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from mnist_cnn import preprocess
-from mnist_cnn.preprocess import ImageError, decode, label_components, luminance, to_mnist
+from mnist_cnn.imageops import dilate, label_components, stroke_width
+from mnist_cnn.preprocess import ImageError, decode, luminance, to_mnist
 from mnist_cnn.segment import segment_digits
 
 
@@ -197,11 +198,11 @@ def test_stroke_width_of_bars():
     for w in (1, 3, 6):
         bar = np.zeros((120, 20), dtype=bool)
         bar[10:110, 5:5 + w] = True
-        assert preprocess.stroke_width(bar) == pytest.approx(w, rel=0.1)
+        assert stroke_width(bar) == pytest.approx(w, rel=0.1)
 
 
 def test_stroke_width_constant_is_mnists_median(test_split):
-    widths = [preprocess.stroke_width(d) for d in (test_split[0][:1000] >= 128).numpy()]
+    widths = [stroke_width(d) for d in (test_split[0][:1000] >= 128).numpy()]
     assert float(np.median(widths)) == pytest.approx(preprocess.STROKE, abs=0.1)
 
 
@@ -209,12 +210,12 @@ def test_fine_pen_strokes_are_thickened_to_mnist_width(monkeypatch):
     img = Image.new("L", (1500, 1200), 235)
     ImageDraw.Draw(img).line([(500, 200), (900, 200), (650, 1000)], fill=30, width=6)  # a 7, 800 px tall
     out = to_mnist(img)
-    assert preprocess.stroke_width(out.numpy() >= 128) >= 0.8 * preprocess.STROKE
+    assert stroke_width(out.numpy() >= 128) >= 0.8 * preprocess.STROKE
     normal = page(seven(5))  # strokes already MNIST-wide are left alone
     before = to_mnist(normal)
     monkeypatch.setattr(preprocess, "THIN", 0.0)
     assert torch.equal(before, to_mnist(normal))
-    assert preprocess.stroke_width(to_mnist(img).numpy() >= 128) < 0.5 * preprocess.STROKE
+    assert stroke_width(to_mnist(img).numpy() >= 128) < 0.5 * preprocess.STROKE
 
 
 def test_centre_puts_a_point_at_mnists_centre_of_mass():
@@ -288,8 +289,8 @@ def test_dilate_matches_a_brute_force_max_filter():
         padded = np.pad(a, 2 * r)
         brute = np.array([[padded[i:i + 2 * r + 1, j:j + 2 * r + 1].max() for j in range(27 + 2 * r)]
                           for i in range(19 + 2 * r)])
-        assert np.array_equal(preprocess._dilate(a, r, grow=True), brute)
-        assert np.array_equal(preprocess._dilate(a, r), brute[r:-r, r:-r])
+        assert np.array_equal(dilate(a, r, grow=True), brute)
+        assert np.array_equal(dilate(a, r), brute[r:-r, r:-r])
 
 
 def test_label_components_matches_flood_fill():

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from mnist_cnn import cli, report, runs
+from mnist_cnn import cli, figures, report, runs
 from mnist_cnn.data import MNIST, MNIST_MEAN, MNIST_STD
 from mnist_cnn.evaluate import evaluate
 
@@ -71,7 +71,7 @@ def test_misclassified_indices_are_the_wrong_ones_worst_first():
     confidence = torch.full((20,), 0.99)
     for i, c in wrong.items():
         pred[i], confidence[i] = (labels[i] + 1) % 10, c
-    got = report.misclassified_indices(one_hot_probs(pred, confidence), labels)
+    got = figures.misclassified_indices(one_hot_probs(pred, confidence), labels)
     assert got.tolist() == [15, 7, 11, 3]
 
 
@@ -86,7 +86,7 @@ def test_misclassified_grid_shows_exactly_the_misread_images():
     result = evaluate(PixelReader(), x, labels, MNIST_MEAN, MNIST_STD)
     assert result.accuracy == pytest.approx(100 * (n - len(wrong)) / n)
 
-    fig = report.misclassified_figure(x, labels, result.probabilities)
+    fig = figures.misclassified_figure(x, labels, result.probabilities)
     expected = sorted(wrong, key=lambda i: -int(brightness[i]))  # brighter pixel: more confident mistake
     shown = shown_images(fig)
     assert len(shown) == len(wrong)
@@ -95,27 +95,27 @@ def test_misclassified_grid_shows_exactly_the_misread_images():
     titles = [ax.get_title() for ax in fig.axes if ax.images]
     assert titles[0].startswith(f"{labels[expected[0]]} → {answers[expected[0]]} (")
 
-    limited = shown_images(report.misclassified_figure(x, labels, result.probabilities, limit=2))
+    limited = shown_images(figures.misclassified_figure(x, labels, result.probabilities, limit=2))
     assert len(limited) == 2 and all((a == x[i].numpy()).all() for a, i in zip(limited, expected[:2]))
 
 
 def test_calibration_known_answers():
     labels = torch.zeros(100, dtype=torch.long)
-    assert report.calibration(one_hot_probs(labels, torch.ones(100)), labels)["ece"] == pytest.approx(0, abs=1e-4)
+    assert figures.calibration(one_hot_probs(labels, torch.ones(100)), labels)["ece"] == pytest.approx(0, abs=1e-4)
     pred = torch.where(torch.arange(100) < 80, 0, 1)  # 80% right at confidence 0.8: calibrated
-    assert report.calibration(one_hot_probs(pred, torch.full((100,), 0.8)), labels)["ece"] == pytest.approx(0, abs=1e-4)
-    assert report.calibration(one_hot_probs(torch.ones(100, dtype=torch.long), torch.full((100,), 0.8)),
+    assert figures.calibration(one_hot_probs(pred, torch.full((100,), 0.8)), labels)["ece"] == pytest.approx(0, abs=1e-4)
+    assert figures.calibration(one_hot_probs(torch.ones(100, dtype=torch.long), torch.full((100,), 0.8)),
                               labels)["ece"] == pytest.approx(80, abs=1e-4)
     # half at 0.95 all right (gap 0.05), half at 0.55 with half right (gap 0.05): ECE 5%
     conf = torch.where(torch.arange(100) < 50, 0.95, 0.55)
     pred = torch.where((torch.arange(100) >= 50) & (torch.arange(100) % 2 == 1), 1, 0)
-    cal = report.calibration(one_hot_probs(pred, conf), labels)
+    cal = figures.calibration(one_hot_probs(pred, conf), labels)
     assert cal["ece"] == pytest.approx(5, abs=1e-4) and cal["counts"].sum() == 100
 
 
 def test_smooth_keeps_a_constant_and_follows_a_step():
-    assert np.allclose(report.smooth([5.0] * 10, 4), 5.0)
-    out = report.smooth([0.0] * 50 + [1.0] * 50, 5)
+    assert np.allclose(figures.smooth([5.0] * 10, 4), 5.0)
+    out = figures.smooth([0.0] * 50 + [1.0] * 50, 5)
     assert out[49] == 0 and 0.99 < out[-1] <= 1
 
 

@@ -183,7 +183,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .report import save_figure
+    from .figures import save_figure
     from .runs import compare_figure, compare_table, load_run
 
     runs = [load_run(path) for path in args.runs]
@@ -239,19 +239,6 @@ def cmd_serve(args) -> int:
 # ------------------------------------------------------------------ predict
 
 
-def _describe(pred) -> str:
-    """One line for a person: the digit (or number), how sure, and the alternatives."""
-    if pred.status == "empty":
-        return "empty (no ink found)"
-    if hasattr(pred, "text"):  # a number
-        return f"{pred.text}  (" + ", ".join(
-            f"{'?' if d.digit is None else d.digit} {d.probability:.3f}" for d in pred.digits) + ")"
-    top = ", ".join(f"{d} {p:.3f}" for d, p in pred.topk)
-    if pred.status == "unsure":
-        return f"unsure  (best guess {pred.topk[0][0]} at {pred.probability:.3f}; top-{len(pred.topk)}: {top})"
-    return f"{pred.digit}  (p={pred.probability:.3f}; top-{len(pred.topk)}: {top})"
-
-
 def _save_processed(folder: Path, name: str, pred, used: set) -> None:
     from PIL import Image
 
@@ -304,19 +291,12 @@ def _print_predictions(args, predictor, results) -> tuple[int, int]:
             body = {"status": "error", "error": result.error} if pred is None else pred.to_dict()
             print(json.dumps({"path": result.name, **body}), flush=True)
         elif writer:
-            if pred is None:
-                writer.writerow([result.name, "error", "", "", "", result.error])
-            elif hasattr(pred, "text"):
-                writer.writerow([result.name, pred.status, pred.text,
-                                 f"{min((d.probability for d in pred.digits), default=0):.4f}",
-                                 " ".join(f"{d.topk[0][0]}:{d.probability:.4f}" for d in pred.digits), ""])
-            else:
-                writer.writerow([result.name, pred.status, "" if pred.digit is None else pred.digit,
-                                 f"{pred.probability:.4f}", " ".join(f"{d}:{p:.4f}" for d, p in pred.topk), ""])
+            writer.writerow([result.name, "error", "", "", "", result.error] if pred is None
+                            else [result.name, *pred.csv_row(), ""])
         elif pred is None:
             print(f"{result.name}: error: {result.error}", file=sys.stderr, flush=True)
         else:
-            print(f"{result.name}: {_describe(pred)}", flush=True)
+            print(f"{result.name}: {pred.describe()}", flush=True)
     return failed, total
 
 

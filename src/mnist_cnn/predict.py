@@ -35,6 +35,20 @@ class Prediction:
         return {"digit": self.digit, "probability": self.probability, "probabilities": self.probabilities,
                 "topk": [{"digit": d, "probability": p} for d, p in self.topk], "status": self.status}
 
+    def describe(self) -> str:
+        """One line for a person: the digit, how sure, and the alternatives."""
+        if self.status == "empty":
+            return "empty (no ink found)"
+        top = ", ".join(f"{d} {p:.3f}" for d, p in self.topk)
+        if self.status == "unsure":
+            return f"unsure  (best guess {self.topk[0][0]} at {self.probability:.3f}; top-{len(self.topk)}: {top})"
+        return f"{self.digit}  (p={self.probability:.3f}; top-{len(self.topk)}: {top})"
+
+    def csv_row(self) -> list:
+        """The CSV columns after the path: status, prediction, probability, top-k."""
+        return [self.status, "" if self.digit is None else self.digit, f"{self.probability:.4f}",
+                " ".join(f"{d}:{p:.4f}" for d, p in self.topk)]
+
 
 @dataclass
 class NumberPrediction:
@@ -44,6 +58,19 @@ class NumberPrediction:
 
     def to_dict(self) -> dict:
         return {"text": self.text, "status": self.status, "digits": [d.to_dict() for d in self.digits]}
+
+    def describe(self) -> str:
+        """One line for a person: the number, and how sure each digit is."""
+        if self.status == "empty":
+            return "empty (no ink found)"
+        return f"{self.text}  (" + ", ".join(
+            f"{'?' if d.digit is None else d.digit} {d.probability:.3f}" for d in self.digits) + ")"
+
+    def csv_row(self) -> list:
+        """The CSV columns after the path: status, the number, its least sure digit's probability, each
+        digit's best guess."""
+        return [self.status, self.text, f"{min((d.probability for d in self.digits), default=0):.4f}",
+                " ".join(f"{d.topk[0][0]}:{d.probability:.4f}" for d in self.digits)]
 
 
 def empty() -> Prediction:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .imageops import bbox, component_boxes, dilate, label_components, median3, paper_plane, pool3, stroke_width
+
 MAX_BYTES = 64 * 2**20  # refuse bigger files before decoding them
 MAX_PIXELS = 40_000_000  # our own limit, below Pillow's decompression-bomb limit (~89 MP)
 WORK_SIDE = 1024  # ink is found on a copy at most this big; the crop itself is taken at full resolution
@@ -41,6 +43,8 @@ STROKE, THIN = 1.8, 0.6  # MNIST's median `stroke_width` (px, at >= 128 of 255; 
 # THIN x that, a stroke is thickened, as a fine pen on a large photo would otherwise vanish in the resize
 CELLS = 8  # the lighting map's resolution, in blocks along each side
 SPECK = 0.03  # components smaller than this fraction of the largest one are specks
+
+
 class ImageError(ValueError):
     """An input image we cannot use, with the reason phrased for a person."""
 
@@ -117,18 +121,11 @@ def luminance(img: Image.Image) -> np.ndarray:
     return grey * alpha + (1.0 if dark_ink else 0.0) * (1 - alpha)
 
 
-def _median3(x: np.ndarray) -> np.ndarray:
-    """3x3 median filter (edges replicated): removes salt-and-pepper noise, keeps stroke edges."""
-    p = np.pad(x, 1, mode="edge")
-    h, w = x.shape
-    return np.median(np.stack([p[i:i + h, j:j + w] for i in range(3) for j in range(3)]), axis=0)
-
-
 def _background(x: np.ndarray) -> np.ndarray:
     """The paper's level under the (bright) ink: a plane for even light or a gradient, plus a
     coarse map of what the plane misses when the lighting is uneven (a shadow, a lamp)."""
     h, w = x.shape
-    background = _plane(x)
+    background = paper_plane(x)
     cells = min(CELLS, max(h, w) // 16)  # blocks of >= 16 px
     if cells < 3:
         return background
@@ -139,88 +136,11 @@ def _background(x: np.ndarray) -> np.ndarray:
     # wholly inside blocks -- and keeps the slopes and plateaus of the light.
     grid = np.array([[np.percentile(rest[ys[i]:ys[i + 1], xs[j]:xs[j + 1]], 25) for j in range(cells)]
                      for i in range(cells)])
-    grid = _pool3(_pool3(grid, np.min), np.max)
+    grid = pool3(pool3(grid, np.min), np.max)
     if grid.max() - grid.min() < 0.08:  # the plane explains the lighting
         return background
     up = Image.fromarray(grid.astype(np.float32), "F").resize((w, h), Image.Resampling.BILINEAR)
     return background + np.asarray(up, dtype=np.float32)
-
-
-def _pool3(x: np.ndarray, op) -> np.ndarray:
-    p = np.pad(x, 1, mode="edge")
-    h, w = x.shape
-    return op(np.stack([p[i:i + h, j:j + w] for i in range(3) for j in range(3)]), axis=0)
-
-
-def _plane(x: np.ndarray) -> np.ndarray:
-    """Least-squares plane through the paper: bright ink is dropped as an outlier, three times."""
-    h, w = x.shape
-    step = max(1, int(math.sqrt(h * w / 20000)))  # ~20k samples are plenty for three numbers
-    ys, xs = np.mgrid[0:h:step, 0:w:step]
-    a = np.stack([np.ones(ys.size), ys.ravel() / h, xs.ravel() / w], 1)
-    v = x[::step, ::step].ravel().astype(np.float64)
-    paper = np.ones(len(v), dtype=bool)
-    for _ in range(3):
-        coef = np.linalg.lstsq(a[paper], v[paper], rcond=None)[0]
-        r = v - a @ coef
-        centre = np.median(r[paper])
-        paper = r <= centre + 2.5 * 1.4826 * np.median(np.abs(r[paper] - centre)) + 1e-3
-    yy, xx = np.mgrid[0:h, 0:w]
-    return (coef[0] + coef[1] * yy / h + coef[2] * xx / w).astype(np.float32)
-
-
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected component labels (0 = background, 1..n) by union-find over row runs."""
-    h, w = mask.shape
-    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    rows, starts = np.nonzero(edges == 1)  # runs in row-major order; ends are exclusive
-    ends = np.nonzero(edges == -1)[1]
-    parent = list(range(len(starts)))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first = np.searchsorted(rows, np.arange(h + 1))
-    for r in range(1, h):
-        i, j = first[r - 1], first[r]
-        while i < first[r] and j < first[r + 1]:
-            if starts[j] <= ends[i] and starts[i] <= ends[j]:  # touching, diagonals included
-                a, b = find(i), find(j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-            if ends[i] < ends[j]:
-                i += 1
-            else:
-                j += 1
-    roots = np.array([find(i) for i in range(len(starts))], dtype=np.int64)
-    _, run_label = np.unique(roots, return_inverse=True)
-    labels = np.zeros(h * w, dtype=np.int32)
-    lengths = ends - starts
-    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    labels[np.repeat(rows * w + starts, lengths) + offsets] = np.repeat(run_label + 1, lengths)
-    return labels.reshape(h, w), int(run_label.max() + 1) if len(starts) else 0
-
-
-def component_boxes(labels: np.ndarray, n: int) -> np.ndarray:
-    """(n, 4) boxes (y0, y1, x0, x1) of labels 1..n, ends exclusive, in one pass over the ink."""
-    ys, xs = np.nonzero(labels)
-    lab = labels[ys, xs] - 1
-    out = np.zeros((n, 4), dtype=np.int64)
-    out[:, 0], out[:, 2] = labels.shape
-    np.minimum.at(out[:, 0], lab, ys)
-    np.maximum.at(out[:, 1], lab, ys + 1)
-    np.minimum.at(out[:, 2], lab, xs)
-    np.maximum.at(out[:, 3], lab, xs + 1)
-    return out
-
-
-def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) of the True pixels, ends exclusive."""
-    ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    return int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
 
 
 # --------------------------------------------------------------------- ink
@@ -257,7 +177,7 @@ def find_ink(img: Image.Image) -> Page | None:
     diff = np.diff(x, axis=1)
     noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2)
     if f == 1 and min(x.shape) >= 64:  # only where strokes are wide enough to survive a median
-        x = _median3(x)
+        x = median3(x)
     background = _background(x)
     d = x - background
     peak = float(d.max())
@@ -288,36 +208,13 @@ def _frames(labels: np.ndarray, n: int, keep: np.ndarray) -> np.ndarray:
     return frames if (keep & ~frames).any() else np.zeros(n, dtype=bool)
 
 
-def _dilate(a: np.ndarray, r: int, grow: bool = False) -> np.ndarray:
-    """Max over a (2r+1)-square around each pixel; `grow` also extends the array by r on each side.
-
-    Running maxima by doubling windows: O(log r) array passes however large r is."""
-    a = np.pad(a, 2 * r if grow else r)
-    for axis in (0, 1):
-        m, p, k = a, 1, 2 * r + 1
-        while 2 * p <= k:  # m[i] = max(a[i:i + 2p]) along the axis
-            n = m.shape[axis]
-            m = np.maximum(m.take(range(n - p), axis), m.take(range(p, n), axis))
-            p *= 2
-        n = a.shape[axis] - k + 1  # max(a[i:i + k]) = max(m[i], m[i + k - p])
-        a = np.maximum(m.take(range(n), axis), m.take(range(k - p, k - p + n), axis))
-    return a
-
-
-def stroke_width(mask: np.ndarray) -> float:
-    """Mean stroke width in pixels: area over length, the length being half the perimeter."""
-    p = np.pad(mask, 1).astype(np.int8)
-    perimeter = np.abs(np.diff(p, axis=0)).sum() + np.abs(np.diff(p, axis=1)).sum()  # pixel edges
-    return 2 * float(mask.sum()) / max(1, int(perimeter))
-
-
 def render(page: Page, mask: np.ndarray) -> torch.Tensor:
     """The ink under `mask` (working-copy coordinates) as an MNIST digit: (28, 28) uint8."""
     y0, y1, x0, x1 = bbox(mask)
     r = max(1, math.ceil(max(y1 - y0, x1 - x0) / BOX))  # about one output pixel: room for anti-aliased edges
     hs, ws = page.ink.shape
     y0, y1, x0, x1 = max(0, y0 - r), min(hs, y1 + r), max(0, x0 - r), min(ws, x1 + r)
-    keep = _dilate(mask[y0:y1, x0:x1], r)
+    keep = dilate(mask[y0:y1, x0:x1], r)
     f = page.factor
     if f == 1:  # the working copy is the full image, already denoised
         ink = page.ink[y0:y1, x0:x1]
@@ -335,7 +232,7 @@ def render(page: Page, mask: np.ndarray) -> torch.Tensor:
     if width < THIN * STROKE:  # a fine pen on a big page: thicken to MNIST's typical stroke
         r = round((STROKE - width) / 2 / scale)
         if r >= 1:
-            v = _dilate(v, r, grow=True)
+            v = dilate(v, r, grow=True)
             inked = v > cut
             by0, by1, bx0, bx1 = bbox(inked if inked.any() else keep)
             scale = BOX / max(by1 - by0, bx1 - bx0)

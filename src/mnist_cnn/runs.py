@@ -103,7 +103,7 @@ def compare_figure(runs: list[dict]):
     """Every run's smoothed training loss and validation accuracy against epochs, on shared axes (a Figure)."""
     from matplotlib.ticker import MaxNLocator
 
-    from .report import epoch_axis, log_scale, new_figure, smooth  # matplotlib only when drawing
+    from .figures import epoch_axis, log_scale, new_figure, smooth  # matplotlib only when drawing
 
     fig = new_figure(13, 4.8)
     ax_loss, ax_acc = fig.subplots(1, 2)

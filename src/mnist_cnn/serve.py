@@ -3,7 +3,8 @@
 Every image goes through `preprocess` and `predict.Predictor`, the same code as `mnist-cnn predict`:
 the page sends its canvas as a PNG and gets back the 28x28 input the network saw, so there is no
 second copy of the preprocessing in JavaScript. Inference runs off the event loop, and requests
-that arrive while the model is busy share one forward pass (micro-batching).
+that arrive while the model is busy share one forward pass (micro-batching). Request bodies
+are read and checked in `payload.py`.
 
     mnist-cnn serve --port 8000    # then open http://127.0.0.1:8000/
 """
@@ -11,45 +12,28 @@ that arrive while the model is busy share one forward pass (micro-batching).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
-import io
 import json
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import predict, preprocess
+from .payload import BodyLimit, Limits, decode_checked, invalid, number_json, prediction_json, read_items
 
 STATIC = Path(str(resources.files("mnist_cnn") / "static"))
 # The page loads nothing from elsewhere (users may be offline); the policy makes a stray CDN link fail loudly.
 PAGE_CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask of the server: beyond these it gets a clear 408, 413 or 503."""
-
-    max_body_bytes: int = 10 * 2**20  # one request body, bytes (a phone photo is 2-5 MiB)
-    max_pixels: int = 16_000_000  # one image, width x height (a 12 MP phone photo fits)
-    max_batch: int = 64  # images in one /api/predict/batch request
-    body_timeout_s: float = 10.0  # to receive the body; stops slow-drip clients holding a slot
-    work_timeout_s: float = 10.0  # to preprocess and predict once the body is in
-    max_connections: int = 256  # uvicorn answers 503 beyond this many at once
 
 
 class MicroBatcher:
@@ -102,161 +86,6 @@ class MicroBatcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-class BodyLimit:
-    """ASGI middleware: refuse an over-large body (413) or a slow-drip one (408) while it arrives."""
-
-    def __init__(self, app, max_bytes: int, timeout_s: float):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await JSONResponse({"detail": self._too_big()}, 413)(scope, receive, send)
-        seen, done = 0, False
-
-        async def limited_receive():
-            nonlocal seen, done
-            if done:  # after the body, receive() only waits for a disconnect: no timeout there
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
-            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-                raise HTTPException(408, f"the request body took over {self.timeout_s:g} s to arrive") from None
-            seen += len(message.get("body", b""))
-            done = not message.get("more_body", False)
-            if seen > self.max_bytes:
-                raise HTTPException(413, self._too_big())
-            return message
-
-        return await self.app(scope, limited_receive, send)
-
-    def _too_big(self) -> str:
-        return f"the request is larger than the {self.max_bytes:,}-byte limit"
-
-
-# ------------------------------------------------------------------ inputs
-
-
-def _bad(message: str) -> HTTPException:
-    return HTTPException(422, message)
-
-
-def _data_url_bytes(value) -> bytes:
-    """A PNG (or any image) as a data URL or bare base64 -> its bytes."""
-    if not isinstance(value, str):
-        raise _bad("an image must be a string: a data URL like data:image/png;base64,...")
-    if value.startswith("data:"):
-        header, _, value = value.partition(",")
-        if not header.endswith(";base64"):
-            raise _bad("a data URL must be base64-encoded (data:image/png;base64,...)")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise _bad("the image is not valid base64") from None
-
-
-def _pixels(value, shape: tuple) -> torch.Tensor:
-    """A JSON array of MNIST-style pixels (white ink on black, 0..255) -> uint8 tensor of `shape`."""
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise _bad("pixels must be a rectangular array of numbers") from None
-    if arr.shape != shape:
-        raise _bad(f"pixels must have shape {list(shape)}, got {list(arr.shape)}")
-    if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 255):
-        raise _bad("pixels must lie in 0..255 (white ink on black, as in MNIST)")
-    return torch.from_numpy(np.rint(arr).astype(np.uint8))
-
-
-def _json_items(body, batch: bool) -> list:
-    key, many = ("images", "pixels") if batch else ("image", "pixels")
-    if isinstance(body, dict) and key in body:
-        values = body[key]
-        if not batch:
-            return [_data_url_bytes(values)]
-        if not isinstance(values, list):
-            raise _bad(f'"{key}" must be a list of data URLs')
-        return [_data_url_bytes(v) for v in values]
-    if isinstance(body, dict) and many in body:
-        if not batch:
-            return [_pixels(body[many], (28, 28))]
-        n = len(body[many]) if isinstance(body[many], list) else -1
-        return list(_pixels(body[many], (n, 28, 28)))
-    example = '{"images": [...]}' if batch else '{"image": "data:image/png;base64,..."}'
-    raise _bad(f'expected a JSON object like {example} or {{"pixels": 28x28 numbers 0..255}}')
-
-
-async def read_items(request: Request, limits: Limits, batch: bool) -> list:
-    """The request's images: encoded image bytes, or uint8 (28, 28) tensors sent as pixels."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "multipart/form-data":
-        try:
-            form = await request.form(max_files=limits.max_batch, max_fields=limits.max_batch)
-        except StarletteHTTPException as exc:  # Starlette says 400 for a malformed form
-            raise _bad(f"bad multipart body: {exc.detail}") from None
-        items = [await v.read() for _, v in form.multi_items() if not isinstance(v, str)]
-        await form.close()
-        if not items:
-            raise _bad("the form has no file: send the image as the field 'file'")
-    elif kind == "application/json":
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise _bad("the body is not valid JSON") from None
-        items = _json_items(body, batch)
-    elif (kind.startswith("image/") or kind == "application/octet-stream") and not batch:
-        items = [await request.body()]
-    else:
-        also = "" if batch else ", or the image itself as image/*"
-        raise HTTPException(415, f"unsupported content type {kind or '(none)'} here: send multipart/form-data "
-                                 f"or application/json{also}")
-    if not batch and len(items) != 1:
-        raise _bad(f"send one image here ({len(items)} came); use /api/predict/batch for several")
-    if not items:
-        raise _bad("no images in the request")
-    if len(items) > limits.max_batch:
-        raise HTTPException(413, f"{len(items)} images in one request; the limit is {limits.max_batch}")
-    return items
-
-
-def decode_checked(raw: bytes, max_pixels: int) -> Image.Image:
-    """Refuse an image with too many pixels from its header alone (413), then decode it as the CLI does."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(raw)).size  # reads the header only
-    except Image.DecompressionBombError:
-        width, height = max_pixels + 1, 1
-    except Exception:  # noqa: BLE001 - not an image Pillow can parse: decode() explains why
-        width = height = 0
-    if width * height > max_pixels:
-        raise HTTPException(413, f"the image has {width * height:,} pixels; the limit is {max_pixels:,}")
-    return preprocess.decode(raw)
-
-
-# ----------------------------------------------------------------- outputs
-
-
-def png_data_url(x: torch.Tensor) -> str:
-    """A uint8 (28, 28) tensor as a small PNG data URL (the page shows it pixelated)."""
-    buf = io.BytesIO()
-    Image.fromarray(x.cpu().numpy().astype(np.uint8)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def prediction_json(p) -> dict:
-    out = p.to_dict()
-    out.pop("processed", None)
-    out["processed_png"] = None if p.processed is None else png_data_url(p.processed)
-    return out
-
-
-def number_json(n) -> dict:
-    return {**n.to_dict(), "digits": [prediction_json(d) for d in n.digits]}
-
-
 # --------------------------------------------------------------------- app
 
 _BODY_DOC = {"requestBody": {"required": True, "content": {
@@ -299,7 +128,7 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits()) 
     async def predict_one(item, multi: bool) -> dict:
         if isinstance(item, torch.Tensor):
             if multi:
-                raise _bad("multi=true reads a written number from an image, not from 28x28 pixels")
+                raise invalid("multi=true reads a written number from an image, not from 28x28 pixels")
             x = item
         elif multi:
             img = await run_in_threadpool(decode_checked, item, limits.max_pixels)
