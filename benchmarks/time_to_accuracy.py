@@ -6,7 +6,7 @@ clock paused while scoring), and each recipe's time as a ratio of the seed recip
 Ratios from one run are what we quote: this machine is noisy.
 
     python benchmarks/time_to_accuracy.py --quick            # a few minutes: timed steps, extrapolated
-    python benchmarks/time_to_accuracy.py                    # everything, for real (55 minutes on 2 cores)
+    python benchmarks/time_to_accuracy.py                    # everything, for real (about an hour on 2 cores)
     python benchmarks/time_to_accuracy.py --recipes fast:5,default:3
 
 With `--ensemble best` (the default), the K seeds of `best:K` are also scored together,
