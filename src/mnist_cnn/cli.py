@@ -94,7 +94,8 @@ def run_training(args) -> int:
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         train.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    say(f"recipe {cfg.recipe}: {cfg.model} for {cfg.epochs} epochs, batch {cfg.batch_size}, "
+    epochs = f"{cfg.epochs} epoch" + ("" if cfg.epochs == 1 else "s")
+    say(f"recipe {cfg.recipe}: {cfg.model} for {epochs}, batch {cfg.batch_size}, "
         f"on {device} x{distributed.world_size()} -> {run_dir}")
     mnist = data.load_mnist(args.data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train, device=device, log=say)
     t0 = time.perf_counter()
