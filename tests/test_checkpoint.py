@@ -29,6 +29,19 @@ def test_save_then_load_gives_identical_logits(saved):
     assert not loaded.training
 
 
+def test_a_checkpoints_temperature_divides_its_logits(saved, tmp_path):
+    path, model, cfg = saved
+    calibrated = tmp_path / "calibrated.safetensors"
+    checkpoint.save_model(calibrated, model, train.model_metadata(cfg, temperature=0.5))
+    loaded, meta = checkpoint.load_model(calibrated)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x), model(x) / 0.5)
+    assert meta["temperature"] == 0.5
+    plain, _ = checkpoint.load_model(path)  # temperature 1: the network itself, unwrapped
+    assert type(plain) is type(model)
+
+
 def test_checkpoint_describes_itself(saved):
     path, _, cfg = saved
     _, meta = checkpoint.load_model(path.parent)  # a run folder works too

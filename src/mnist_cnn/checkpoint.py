@@ -54,13 +54,14 @@ def git_commit() -> str | None:
 
 
 def make_metadata(model_name: str, model_args: dict, mean: float, std: float, config: dict,
-                  metrics: dict | None = None) -> dict:
+                  metrics: dict | None = None, temperature: float = 1.0) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "arch": model_name,
         "arch_args": model_args,
         "mean": mean,
         "std": std,
+        "temperature": temperature,  # logits are divided by it (fitted on the validation split; 1: none)
         "classes": list(CLASSES),
         "input": "(B, 1, 28, 28) float32: white ink on black, uint8 / 255, then (x - mean) / std",
         "config": config,
@@ -106,7 +107,8 @@ def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:
 def load_model(path: Path | str | None = None, device="cpu") -> tuple[torch.nn.Module, dict]:
     """Build the checkpoint's architecture, load its weights, return (eval-mode model, metadata).
 
-    `path` may be a checkpoint file or a run folder; None means the shipped model.
+    `path` may be a checkpoint file or a run folder; None means the shipped model. A
+    checkpoint with a "temperature" comes back wrapped in `models.Calibrated`.
     """
     path = Path(path) if path else default_model_path()
     if path.is_dir():
@@ -121,4 +123,7 @@ def load_model(path: Path | str | None = None, device="cpu") -> tuple[torch.nn.M
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not match architecture {meta.get('arch')!r}: "
                               f"{str(exc).splitlines()[0]}") from None
+    temperature = meta.get("temperature", 1.0)
+    if temperature != 1.0:
+        model = models.Calibrated(model, temperature)
     return model.to(device).eval(), meta

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, data, distributed, train
-from .evaluate import evaluate
+from . import checkpoint, data, distributed, models, train
+from .evaluate import evaluate, fit_temperature, predict_logits
 from .recipes import RECIPES, config_from_dict, get_config
 
 
@@ -110,21 +110,25 @@ def run_training(args) -> int:
                                          on_step=progress.step, on_epoch=progress.epoch)
     seconds = time.perf_counter() - t0
     mean, std = train.normalization(cfg)
-    test = evaluate(model, mnist.test_x, mnist.test_y, mean, std, tta=cfg.tta, channels_last=cfg.channels_last)
+    # Calibrate the probabilities on the validation split, when there is one (argmax and accuracy are unchanged).
+    temperature = fit_temperature(predict_logits(model, mnist.val_x, mean, std, channels_last=cfg.channels_last),
+                                  mnist.val_y) if len(mnist.val_y) else 1.0
+    scored = models.Calibrated(model, temperature) if temperature != 1.0 else model  # what load_model will give
+    test = evaluate(scored, mnist.test_x, mnist.test_y, mean, std, tta=cfg.tta, channels_last=cfg.channels_last)
     metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss, "per_class": test.per_class,
                "train_seconds": seconds, "epochs": cfg.epochs, "device": str(device),
-               "world_size": distributed.world_size(),
+               "world_size": distributed.world_size(), "temperature": temperature,
                "val_accuracy": history.epochs[-1].get("val_acc") if history.epochs else None}
     if distributed.is_main():
-        checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model, train.model_metadata(cfg, metrics))
+        checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model,
+                              train.model_metadata(cfg, metrics, temperature))
         train.write_json(run_dir / "metrics.json", metrics)
         train.write_json(run_dir / "run.json", {"config": dataclasses.asdict(cfg), "metrics": metrics,
                                                 "versions": checkpoint.library_versions(),
                                                 "git_commit": checkpoint.git_commit(), "argv": sys.argv})
-        from .evaluate import predict_logits
         from .report import write_run_report  # figures are drawn after training, so they never slow it
         probs = test.probabilities if distributed.world_size() == 1 else (  # rank 0 scored one shard only
-            predict_logits(model, mnist.test_x, mean, std, tta=cfg.tta).softmax(1).cpu())
+            predict_logits(scored, mnist.test_x, mean, std, tta=cfg.tta).softmax(1).cpu())
         write_run_report(run_dir, mnist.test_x.cpu(), mnist.test_y.cpu(), probs, args.tensorboard)
     say(f"test accuracy {test.accuracy:.2f}% ({test.n} images), trained in {seconds:.0f} s")
     say(f"outputs in {run_dir}/ (model.safetensors, metrics.json, history.json, config.json, report/index.html)")

@@ -68,6 +68,33 @@ def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor) -> Metrics:
                    probabilities=logits.softmax(1).cpu(), n=n)
 
 
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor, low: float = 0.05, high: float = 20.0) -> float:
+    """The temperature T in [low, high] that minimizes the cross-entropy of softmax(logits / T).
+
+    Fitted on held-out data (the validation split), it makes confidence match accuracy.
+    The loss is convex in 1/T, so a golden-section search over 1/T finds the minimum.
+    """
+    z, y = logits.detach().double().cpu(), y.cpu()
+
+    def loss(beta: float) -> float:
+        return F.cross_entropy(z * beta, y).item()
+
+    a, b = 1 / high, 1 / low
+    g = (5 ** 0.5 - 1) / 2  # each step keeps this fraction of the bracket
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = loss(c), loss(d)
+    while b - a > 1e-6 * b:
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = loss(d)
+    return 2 / (a + b)
+
+
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, mean: float, std: float, batch_size: int = 1000,
              tta: bool = False, channels_last: bool = False) -> Metrics:
     """Evaluate on uint8 images. Under torchrun each rank scores its own shard and counts are summed."""

@@ -122,7 +122,9 @@ def contract(meta: dict) -> dict[str, str]:
         "std": repr(float(meta["std"])),
         "classes": json.dumps(list(meta["classes"])),
         "output_name": OUTPUT_NAME,
-        "output": "logits (batch, 10) float32; softmax gives class probabilities",
+        "output": "logits (batch, 10) float32, already divided by the temperature; softmax gives class "
+                  "probabilities",
+        "temperature": repr(float(meta.get("temperature", 1.0))),
         "precision": meta.get("export", {}).get("precision", "fp32"),
         META_KEY: json.dumps(meta),
     }

@@ -125,6 +125,26 @@ class Ensemble(nn.Module):
         return probs.clamp_min(1e-12).log()  # log of the averaged probabilities serves as logits
 
 
+class Calibrated(nn.Module):
+    """A trained network whose logits are divided by a temperature fitted on validation data.
+
+    Label smoothing and test-time averaging leave a network under-confident (about 0.89
+    mean confidence at 99.7% accuracy for the default recipe); dividing the logits by
+    T < 1 makes its probabilities mean what they say, and never changes the argmax.
+    `checkpoint.load_model` wraps a network in this when its metadata has a temperature,
+    so predict, serve and the ONNX export all see calibrated probabilities.
+    """
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, not {temperature}")
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x):
+        return self.model(x) / self.temperature
+
+
 REGISTRY = {"seed": SeedNet, "reference": ReferenceNet, "bnnet": BNNet, "ensemble": Ensemble}
 
 

@@ -239,12 +239,12 @@ def member_specs(cfg: TrainConfig, n: int) -> list[dict]:
     return [{"arch": cfg.model, "arch_args": cfg.model_args}] * n
 
 
-def model_metadata(cfg: TrainConfig, metrics: dict | None = None) -> dict:
+def model_metadata(cfg: TrainConfig, metrics: dict | None = None, temperature: float = 1.0) -> dict:
     mean, std = normalization(cfg)
     arch, args = cfg.model, cfg.model_args
     if cfg.ensemble > 1:
         arch, args = "ensemble", {"members": member_specs(cfg, cfg.ensemble)}
-    return checkpoint.make_metadata(arch, args, mean, std, dataclasses.asdict(cfg), metrics)
+    return checkpoint.make_metadata(arch, args, mean, std, dataclasses.asdict(cfg), metrics, temperature)
 
 
 def save_train_state(run_dir: Path, cfg, model, optimizer, ema, history: History, epochs_done: int) -> None:
