@@ -123,7 +123,5 @@ def load_model(path: Path | str | None = None, device="cpu") -> tuple[torch.nn.M
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not match architecture {meta.get('arch')!r}: "
                               f"{str(exc).splitlines()[0]}") from None
-    temperature = meta.get("temperature", 1.0)
-    if temperature != 1.0:
-        model = models.Calibrated(model, temperature)
+    model = models.with_temperature(model, meta.get("temperature", 1.0))
     return model.to(device).eval(), meta

@@ -113,11 +113,11 @@ def run_training(args) -> int:
     # Calibrate the probabilities on the validation split, when there is one (argmax and accuracy are unchanged).
     temperature = fit_temperature(predict_logits(model, mnist.val_x, mean, std, channels_last=cfg.channels_last),
                                   mnist.val_y) if len(mnist.val_y) else 1.0
-    scored = models.Calibrated(model, temperature) if temperature != 1.0 else model  # what load_model will give
+    scored = models.with_temperature(model, temperature)  # what load_model will give
     test = evaluate(scored, mnist.test_x, mnist.test_y, mean, std, tta=cfg.tta, channels_last=cfg.channels_last)
     metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss, "per_class": test.per_class,
                "train_seconds": seconds, "epochs": cfg.epochs, "device": str(device),
-               "world_size": distributed.world_size(), "temperature": temperature,
+               "world_size": distributed.world_size(),
                "val_accuracy": history.epochs[-1].get("val_acc") if history.epochs else None}
     if distributed.is_main():
         checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model,

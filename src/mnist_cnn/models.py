@@ -131,7 +131,7 @@ class Calibrated(nn.Module):
     Label smoothing and test-time averaging leave a network under-confident (about 0.89
     mean confidence at 99.7% accuracy for the default recipe); dividing the logits by
     T < 1 makes its probabilities mean what they say, and never changes the argmax.
-    `checkpoint.load_model` wraps a network in this when its metadata has a temperature,
+    `checkpoint.load_model` wraps a network in this when its metadata has a temperature other than 1,
     so predict, serve and the ONNX export all see calibrated probabilities.
     """
 
@@ -143,6 +143,11 @@ class Calibrated(nn.Module):
 
     def forward(self, x):
         return self.model(x) / self.temperature
+
+
+def with_temperature(model: nn.Module, temperature: float) -> nn.Module:
+    """`model` calibrated by `temperature`; the bare model when there is nothing to divide by."""
+    return model if temperature == 1.0 else Calibrated(model, temperature)
 
 
 REGISTRY = {"seed": SeedNet, "reference": ReferenceNet, "bnnet": BNNet, "ensemble": Ensemble}
