@@ -1,6 +1,6 @@
 """The draw-a-digit page in a real browser: headless Chromium draws digits with the mouse against the real server.
 
-Screenshots go to test-artifacts/ (serve-page.png, serve-page-multi.png, serve-page-phone.png).
+Screenshots go to test-artifacts/ (serve-page.png, serve-page-multi.png, serve-page-phone.png, serve-docs.png).
 """
 
 from __future__ import annotations
@@ -184,3 +184,19 @@ def test_phone_layout(browser, server):
     ARTIFACTS.mkdir(exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / "serve-page-phone.png"), full_page=True)
     context.close()
+
+
+def test_api_docs_render_offline(browser, server):
+    """Swagger UI at /docs draws every endpoint from files the package serves itself."""
+    context = browser.new_context()
+    pg = context.new_page()
+    foreign = []
+    pg.on("request", lambda r: r.url.startswith((server, "data:")) or foreign.append(r.url))
+    pg.goto(server + "/docs")
+    pg.locator(".opblock-summary-path", has_text="/api/predict/batch").wait_for()
+    paths = set(pg.locator(".opblock-summary-path").all_inner_texts())
+    assert {"/api/predict", "/api/predict/batch", "/api/model", "/healthz"} <= {p.strip() for p in paths}
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / "serve-docs.png"))
+    context.close()
+    assert not foreign, foreign

@@ -76,7 +76,7 @@ def png_header(width: int, height: int) -> bytes:
 # ------------------------------------------------------------ endpoints
 
 
-def test_health_page_static_and_docs(client):
+def test_health_page_and_static(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text and "/static/app.js" in page.text
@@ -89,7 +89,17 @@ def test_health_page_static_and_docs(client):
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/predict", "/api/predict/batch", "/api/model", "/healthz"} <= set(paths)
-    assert client.get("/docs").status_code == 200
+
+
+def test_docs_work_offline(client):
+    for page, assets in (("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")), ("/redoc", ("redoc.standalone.js",))):
+        html = client.get(page)
+        assert html.status_code == 200
+        assert "http://" not in html.text and "https://" not in html.text  # nothing from a CDN
+        for asset in assets:
+            assert f"/docs-assets/{asset}" in html.text
+            response = client.get(f"/docs-assets/{asset}")
+            assert response.status_code == 200 and len(response.content) > 100_000
 
 
 def test_model_endpoint_reports_the_loaded_checkpoint(client, predictor):

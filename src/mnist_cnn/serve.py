@@ -25,6 +25,7 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -109,7 +110,10 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits()) 
         yield
         batcher.close()
 
-    app = FastAPI(title="mnist-cnn", summary="Handwritten-digit recognition", lifespan=lifespan)
+    # FastAPI's own /docs and /redoc load their scripts from a CDN: blank pages offline.
+    # FastAPIOffline serves the same pages from files in its package, under /docs-assets.
+    app = FastAPIOffline(title="mnist-cnn", summary="Handwritten-digit recognition", lifespan=lifespan,
+                         static_url="/docs-assets")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
