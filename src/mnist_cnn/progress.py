@@ -32,7 +32,7 @@ class TrainProgress:
             self.bar.set_postfix(epoch=row["epoch"] + 1, loss=f"{row['loss']:.4f}", acc=f"{row['acc']:.1f}",
                                  refresh=False)
         if self.enabled and row["step"] % self.cfg.log_every == 0:
-            self.bar.write("Train Step: {}\tLoss: {:.10f}\tAccuracy: {:.10f}".format(row["step"], row["loss"], row["acc"]))
+            self.bar.write(f"Train Step: {row['step']}\tLoss: {row['loss']:.10f}\tAccuracy: {row['acc']:.10f}")
 
     def epoch(self, row: dict, model=None) -> None:
         if not self.enabled:

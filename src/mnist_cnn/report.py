@@ -58,8 +58,9 @@ CAPTIONS = {
 def html_report(title: str, config: dict, metrics: dict, pngs: dict[str, bytes]) -> str:
     """One self-contained page: the figures are embedded as data URLs, so it opens offline anywhere."""
     e = html.escape
-    subtitle = " · ".join(str(x) for x in (f"recipe {config.get('recipe', '?')}", config.get("model", "?"),
-                                          f"{config.get('epochs', '?')} epoch" + ("" if config.get("epochs") == 1 else "s"), metrics.get("device")) if x)
+    epochs = f"{config.get('epochs', '?')} epoch" + ("" if config.get("epochs") == 1 else "s")
+    parts = (f"recipe {config.get('recipe', '?')}", config.get("model", "?"), epochs, metrics.get("device"))
+    subtitle = " · ".join(str(x) for x in parts if x)
     cards = "".join(f'<div class="card"><b data-key="{k}">{e(fmt(k, metrics[k]))}</b><span>{e(label)}</span></div>'
                     for k, label in (("test_accuracy", "test accuracy"), ("test_loss", "test loss"),
                                      ("val_accuracy", "validation accuracy"), ("ece", "calibration error (ECE)"),
