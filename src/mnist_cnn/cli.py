@@ -6,20 +6,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import checkpoint, data, distributed, models, train
-from .evaluate import evaluate, fit_temperature, predict_logits
+from . import checkpoint, data, distributed
+from .evaluate import evaluate
 from .recipes import RECIPES, config_from_dict, get_config
 
 
@@ -81,7 +79,7 @@ def cmd_train(args) -> int:
 
 
 def run_training(args) -> int:
-    from .progress import TrainProgress  # tqdm is only needed when training from the CLI
+    from .runs import train_run
 
     cfg = resolve_config(args)
     if args.tensorboard:
@@ -91,46 +89,13 @@ def run_training(args) -> int:
     seed_everything(cfg.seed)
     run_dir = Path(args.resume or args.out or f"runs/{cfg.recipe}-{datetime.now():%Y%m%d-%H%M%S}")
     run_dir = distributed.broadcast_object(run_dir)  # ranks' clocks may straddle a second
-    if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        train.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     epochs = f"{cfg.epochs} epoch" + ("" if cfg.epochs == 1 else "s")
     say(f"recipe {cfg.recipe}: {cfg.model} for {epochs}, batch {cfg.batch_size}, "
         f"on {device} x{distributed.world_size()} -> {run_dir}")
-    mnist = data.load_mnist(args.data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train, device=device, log=say)
-    t0 = time.perf_counter()
-    with TrainProgress(cfg, len(mnist.train_x), enabled=distributed.is_main()) as progress:
-        if cfg.ensemble > 1:  # members keep their own folders; the run's curves are member 0's
-            model, histories = train.train_ensemble(cfg, mnist, device, run_dir, progress.step, progress.epoch)
-            history = histories[0]
-            if distributed.is_main():
-                train.write_json(run_dir / train.HISTORY_NAME, dataclasses.asdict(history))
-        else:
-            model, history = train.train(cfg, mnist, device, run_dir, resume=bool(args.resume),
-                                         on_step=progress.step, on_epoch=progress.epoch)
-    seconds = time.perf_counter() - t0
-    mean, std = train.normalization(cfg)
-    # Calibrate the probabilities on the validation split, when there is one (argmax and accuracy are unchanged).
-    temperature = fit_temperature(predict_logits(model, mnist.val_x, mean, std, channels_last=cfg.channels_last),
-                                  mnist.val_y) if len(mnist.val_y) else 1.0
-    scored = models.with_temperature(model, temperature)  # what load_model will give
-    test = evaluate(scored, mnist.test_x, mnist.test_y, mean, std, tta=cfg.tta, channels_last=cfg.channels_last)
-    metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss, "per_class": test.per_class,
-               "train_seconds": seconds, "epochs": cfg.epochs, "device": str(device),
-               "world_size": distributed.world_size(),
-               "val_accuracy": history.epochs[-1].get("val_acc") if history.epochs else None}
-    if distributed.is_main():
-        checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model,
-                              train.model_metadata(cfg, metrics, temperature))
-        train.write_json(run_dir / "metrics.json", metrics)
-        train.write_json(run_dir / "run.json", {"config": dataclasses.asdict(cfg), "metrics": metrics,
-                                                "versions": checkpoint.library_versions(),
-                                                "git_commit": checkpoint.git_commit(), "argv": sys.argv})
-        from .report import write_run_report  # figures are drawn after training, so they never slow it
-        probs = test.probabilities if distributed.world_size() == 1 else (  # rank 0 scored one shard only
-            predict_logits(scored, mnist.test_x, mean, std, tta=cfg.tta).softmax(1).cpu())
-        write_run_report(run_dir, mnist.test_x.cpu(), mnist.test_y.cpu(), probs, args.tensorboard)
-    say(f"test accuracy {test.accuracy:.2f}% ({test.n} images), trained in {seconds:.0f} s")
+    metrics = train_run(cfg, run_dir, device, args.data_dir, resume=bool(args.resume), tensorboard=args.tensorboard,
+                        log=say)
+    say(f"test accuracy {metrics['test_accuracy']:.2f}% ({metrics['test_images']} images), "
+        f"trained in {metrics['train_seconds']:.0f} s")
     say(f"outputs in {run_dir}/ (model.safetensors, metrics.json, history.json, config.json, report/index.html)")
     return 0
 

@@ -1,13 +1,69 @@
-"""Run folders side by side: list the runs in a folder, compare runs' numbers, configs and curves.
+"""Run folders: train one (what `mnist-cnn train` writes), list them, compare their numbers and curves.
 
+    mnist-cnn train --out runs/fast --recipe fast
     mnist-cnn runs runs/ --sort acc && mnist-cnn compare runs/fast runs/default
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
+import time
 from datetime import datetime
 from pathlib import Path
+
+from . import checkpoint, data, distributed, models, train
+from .evaluate import evaluate, fit_temperature, predict_logits
+
+
+def train_run(cfg, run_dir: Path, device, data_dir=None, resume: bool = False, tensorboard: bool = False,
+              log=print) -> dict:
+    """Train `cfg` into `run_dir`, score it on the test set and return its metrics.
+
+    The folder gets config.json first (so an unfinished run is listed), the training
+    checkpoints as it goes, then model.safetensors, metrics.json, run.json and report/.
+    Under torchrun every rank calls this and rank 0 writes.
+    """
+    from .progress import TrainProgress  # tqdm is only needed when training from the CLI
+
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    mnist = data.load_mnist(data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train, device=device, log=log)
+    t0 = time.perf_counter()
+    with TrainProgress(cfg, len(mnist.train_x), enabled=distributed.is_main()) as progress:
+        if cfg.ensemble > 1:  # members keep their own folders; the run's curves are member 0's
+            model, histories = train.train_ensemble(cfg, mnist, device, run_dir, progress.step, progress.epoch)
+            history = histories[0]
+            if distributed.is_main():
+                train.write_json(run_dir / train.HISTORY_NAME, dataclasses.asdict(history))
+        else:
+            model, history = train.train(cfg, mnist, device, run_dir, resume=resume,
+                                         on_step=progress.step, on_epoch=progress.epoch)
+    seconds = time.perf_counter() - t0
+    mean, std = train.normalization(cfg)
+    # Calibrate the probabilities on the validation split, when there is one (argmax and accuracy are unchanged).
+    temperature = fit_temperature(predict_logits(model, mnist.val_x, mean, std, channels_last=cfg.channels_last),
+                                  mnist.val_y) if len(mnist.val_y) else 1.0
+    scored = models.with_temperature(model, temperature)  # what load_model will give
+    test = evaluate(scored, mnist.test_x, mnist.test_y, mean, std, tta=cfg.tta, channels_last=cfg.channels_last)
+    metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss, "per_class": test.per_class,
+               "test_images": test.n, "train_seconds": seconds, "epochs": cfg.epochs, "device": str(device),
+               "world_size": distributed.world_size(),
+               "val_accuracy": history.epochs[-1].get("val_acc") if history.epochs else None}
+    if distributed.is_main():
+        checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model,
+                              train.model_metadata(cfg, metrics, temperature))
+        train.write_json(run_dir / "metrics.json", metrics)
+        train.write_json(run_dir / "run.json", {"config": dataclasses.asdict(cfg), "metrics": metrics,
+                                                "versions": checkpoint.library_versions(),
+                                                "git_commit": checkpoint.git_commit(), "argv": sys.argv})
+        from .report import write_run_report  # figures are drawn after training, so they never slow it
+        probs = test.probabilities if distributed.world_size() == 1 else (  # rank 0 scored one shard only
+            predict_logits(scored, mnist.test_x, mean, std, tta=cfg.tta).softmax(1).cpu())
+        write_run_report(run_dir, mnist.test_x.cpu(), mnist.test_y.cpu(), probs, tensorboard)
+    return metrics
 
 
 def read_json(path: Path, default=None):
