@@ -5,7 +5,11 @@
 
 from __future__ import annotations
 
+import time
+
 from tqdm import tqdm
+
+REDRAW_S = 0.5  # the bar redraws at most this often, so its numbers need not change faster
 
 
 class TrainProgress:
@@ -15,8 +19,9 @@ class TrainProgress:
         self.cfg = cfg
         steps = max(1, n_train // cfg.batch_size) * cfg.epochs * cfg.ensemble
         self.bar = tqdm(total=steps, unit="step", dynamic_ncols=True, disable=not enabled,
-                        leave=False, mininterval=0.5)
+                        leave=False, mininterval=REDRAW_S)
         self.enabled = enabled
+        self.shown = float("-inf")  # when the postfix was last set
 
     def __enter__(self):
         return self
@@ -28,7 +33,9 @@ class TrainProgress:
         if self.bar.n == 0 and row["step"]:  # resumed: jump to where the run left off
             self.bar.update(row["step"])
         self.bar.update(1)
-        if row["step"] % 50 == 0:  # formatting the postfix every step would cost more than a tiny step
+        now = time.monotonic()
+        if now - self.shown >= REDRAW_S:  # formatting the postfix every step would cost more than a tiny step
+            self.shown = now
             self.bar.set_postfix(epoch=row["epoch"] + 1, loss=f"{row['loss']:.4f}", acc=f"{row['acc']:.1f}",
                                  refresh=False)
         if self.enabled and row["step"] % self.cfg.log_every == 0:
