@@ -48,8 +48,11 @@ OUTPUTS = {"config.json", "history.json", "metrics.json", "model.safetensors", "
 
 
 def worker(argv: list[str]) -> int:
-    """`mnist-cnn train` with spies (writes, final weights, when each rank left the group); configured by MNIST_CNN_TEST_SPY (a folder), MNIST_CNN_TEST_KILL
-    ("RANK:STEP": that rank SIGKILLs itself after that step) and MNIST_CNN_TEST_REPORT=0 (skip the figures)."""
+    """`mnist-cnn train` with spies (writes, final weights, when each rank left the group).
+
+    Configured by MNIST_CNN_TEST_SPY (a folder), MNIST_CNN_TEST_KILL ("RANK:STEP": that
+    rank SIGKILLs itself after that step) and MNIST_CNN_TEST_REPORT=0 (skip the figures).
+    """
     from mnist_cnn import cli, report
 
     spy = Path(os.environ["MNIST_CNN_TEST_SPY"])

@@ -20,6 +20,10 @@ def test_metrics_match_a_hand_computed_confusion_matrix():
     assert m.accuracy == pytest.approx(400 / 6)
     assert m.per_class == pytest.approx([50.0, 100.0, 50.0])
     assert m.n == 6 and m.predictions.tolist() == pred.tolist()
+    text = m.describe(["a", "b", "c"]).splitlines()
+    assert text[0].startswith("test accuracy: 66.67% of 6 images")
+    assert text[1] == "per-class accuracy: a:50.0  b:100.0  c:50.0"
+    assert text[-3:] == ["     a     1     1     0", "     b     0     2     0", "     c     1     0     1"]
 
 
 @pytest.mark.parametrize("scale", [0.5, 2.0])

@@ -76,6 +76,18 @@ def test_empty_images_are_reported_not_guessed():
     assert number.status == "empty" and number.text == "" and number.digits == []
 
 
+def test_save_processed_keeps_same_named_inputs_apart(tmp_path):
+    """Two inputs with one stem (from two folders) both keep their picture; a number's digits are numbered."""
+    img = torch.arange(28 * 28, dtype=torch.uint8).reshape(28, 28)
+    one = predict.Prediction(3, 0.9, [], [(3, 0.9)], "ok", processed=img)
+    used = set()
+    first = predict.save_processed(tmp_path, "a/seven.png", one, used)
+    second = predict.save_processed(tmp_path, "b/seven.png", one, used)
+    number = predict.save_processed(tmp_path, "-", predict.NumberPrediction("33", [one, one], "ok"), used)
+    assert [p.name for p in first + second + number] == ["seven.png", "seven-2.png", "stdin_0.png", "stdin_1.png"]
+    assert np.array_equal(np.asarray(Image.open(second[0])), img.numpy())
+
+
 def test_onnx_backend_goes_through_export_load_onnx(monkeypatch):
     from mnist_cnn import export
 

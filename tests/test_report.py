@@ -103,7 +103,8 @@ def test_calibration_known_answers():
     labels = torch.zeros(100, dtype=torch.long)
     assert figures.calibration(one_hot_probs(labels, torch.ones(100)), labels)["ece"] == pytest.approx(0, abs=1e-4)
     pred = torch.where(torch.arange(100) < 80, 0, 1)  # 80% right at confidence 0.8: calibrated
-    assert figures.calibration(one_hot_probs(pred, torch.full((100,), 0.8)), labels)["ece"] == pytest.approx(0, abs=1e-4)
+    ece = figures.calibration(one_hot_probs(pred, torch.full((100,), 0.8)), labels)["ece"]
+    assert ece == pytest.approx(0, abs=1e-4)
     assert figures.calibration(one_hot_probs(torch.ones(100, dtype=torch.long), torch.full((100,), 0.8)),
                               labels)["ece"] == pytest.approx(80, abs=1e-4)
     # half at 0.95 all right (gap 0.05), half at 0.55 with half right (gap 0.05): ECE 5%

@@ -27,7 +27,8 @@ def test_step_schedule_is_steplr():
 
 def test_seed_recipe_is_the_notebooks():
     cfg = get_config("seed")
-    assert (cfg.model, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.momentum, cfg.epochs) == ("seed", 50, "sgd", 0.01, 0.95, 3)
+    assert (cfg.model, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.momentum, cfg.epochs) == \
+        ("seed", 50, "sgd", 0.01, 0.95, 3)
     assert not cfg.normalize and not cfg.augments and cfg.val_size == 0 and cfg.log_every == 1000
 
 

@@ -3,7 +3,8 @@
 Random numbers come from a CPU `torch.Generator`, so a seed gives the same
 augmentation on every device; the results then follow the input to its device.
 
-    python -c "import torch; from mnist_cnn.augment import random_affine; print(random_affine(torch.rand(4,1,28,28), torch.Generator().manual_seed(0), translate=2).shape)"
+    python -c "import torch; from mnist_cnn.augment import random_affine as f; \
+        print(f(torch.rand(4, 1, 28, 28), torch.Generator().manual_seed(0), translate=2).shape)"
 """
 
 from __future__ import annotations

@@ -125,12 +125,7 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"checkpoint: {report['checkpoint']} ({meta['arch']})")
-    print(f"test accuracy: {result.accuracy:.2f}% of {result.n} images, loss {result.loss:.4f}")
-    print("per-class accuracy: " + "  ".join(f"{c}:{a:.1f}" for c, a in zip(meta["classes"], result.per_class)))
-    print("confusion matrix (rows: true, columns: predicted):")
-    print("      " + "".join(f"{c:>6}" for c in meta["classes"]))
-    for c, row in zip(meta["classes"], result.confusion):
-        print(f"{c:>6}" + "".join(f"{v:>6}" for v in row))
+    print(result.describe(meta["classes"]))
     print("GroundTruth: ", " ".join(f"{t:>5}" for t in truth))
     print("Predicted:   ", " ".join(f"{p:>5}" for p in pred))
     if "report" in report:
@@ -209,21 +204,6 @@ def cmd_serve(args) -> int:
 # ------------------------------------------------------------------ predict
 
 
-def _save_processed(folder: Path, name: str, pred, used: set) -> None:
-    from PIL import Image
-
-    stem = "stdin" if name == "-" else Path(name).stem
-    images = [d.processed for d in pred.digits] if hasattr(pred, "digits") else [pred.processed]
-    for i, img in enumerate(x for x in images if x is not None):
-        base = f"{stem}_{i}" if hasattr(pred, "digits") else stem
-        out, n = base, 1
-        while out in used:  # same stem from two folders: keep both
-            n += 1
-            out = f"{base}-{n}"
-        used.add(out)
-        Image.fromarray(img.numpy(), "L").save(folder / f"{out}.png")
-
-
 def cmd_predict(args) -> int:
     from .predict import Predictor, iter_inputs, predict_inputs
 
@@ -248,6 +228,8 @@ def cmd_predict(args) -> int:
 def _print_predictions(args, predictor, results) -> tuple[int, int]:
     import csv
 
+    from .predict import save_processed
+
     writer = csv.writer(sys.stdout) if args.format == "csv" else None
     if writer:
         writer.writerow(["path", "status", "prediction", "probability", "topk", "error"])
@@ -256,7 +238,7 @@ def _print_predictions(args, predictor, results) -> tuple[int, int]:
         total += 1
         pred, failed = result.prediction, failed + (result.error is not None)
         if pred is not None and args.save_processed:
-            _save_processed(args.save_processed, result.name, pred, used)
+            save_processed(args.save_processed, result.name, pred, used)
         if args.format == "json":
             body = {"status": "error", "error": result.error} if pred is None else pred.to_dict()
             print(json.dumps({"path": result.name, **body}), flush=True)

@@ -32,6 +32,15 @@ class Metrics:
         return {"accuracy": self.accuracy, "loss": self.loss, "per_class": self.per_class,
                 "confusion": self.confusion, "n": self.n}
 
+    def describe(self, classes) -> str:
+        """For a person: accuracy and loss, per-class accuracy, and the confusion matrix."""
+        lines = [f"test accuracy: {self.accuracy:.2f}% of {self.n} images, loss {self.loss:.4f}",
+                 "per-class accuracy: " + "  ".join(f"{c}:{a:.1f}" for c, a in zip(classes, self.per_class)),
+                 "confusion matrix (rows: true, columns: predicted):",
+                 "      " + "".join(f"{c:>6}" for c in classes)]
+        lines += [f"{c:>6}" + "".join(f"{v:>6}" for v in row) for c, row in zip(classes, self.confusion)]
+        return "\n".join(lines)
+
 
 @torch.inference_mode()
 def predict_logits(model, x: torch.Tensor, mean: float, std: float, batch_size: int = 1000,

@@ -181,8 +181,8 @@ def samples_figure(images, labels, probabilities, n: int = 32, seed: int = 0, cl
     pred = torch.as_tensor(probabilities).cpu().argmax(1)
     ok = [int(pred[i]) == int(labels[i]) for i in rows]
     titles = [f"true {classes[int(labels[i])]} · pred {classes[int(pred[i])]}" for i in rows]
-    return digit_grid([images[i] for i in rows], titles, [GREEN if o else RED for o in ok],
-                      title=f"{len(rows)} random test digits: {sum(ok)} right (green), {len(rows) - sum(ok)} wrong (red)")
+    title = f"{len(rows)} random test digits: {sum(ok)} right (green), {len(rows) - sum(ok)} wrong (red)"
+    return digit_grid([images[i] for i in rows], titles, [GREEN if o else RED for o in ok], title=title)
 
 
 def calibration(probabilities, labels, bins: int = 15) -> dict:

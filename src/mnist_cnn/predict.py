@@ -187,6 +187,28 @@ def iter_inputs(paths: Iterable[str], stdin: BinaryIO | None = None) -> Iterator
             yield arg, "no such file or folder"
 
 
+def save_processed(folder: Path, name: str, prediction: Prediction | NumberPrediction, used: set) -> list[Path]:
+    """Write the 28x28 image(s) the network saw as PNGs named after the input; return their paths.
+
+    `used` holds the names written so far, so that inputs with the same stem (from two
+    folders) both keep their pictures.
+    """
+    stem = "stdin" if name == "-" else Path(name).stem
+    several = isinstance(prediction, NumberPrediction)
+    images = [d.processed for d in prediction.digits] if several else [prediction.processed]
+    paths = []
+    for i, img in enumerate(x for x in images if x is not None):
+        base = f"{stem}_{i}" if several else stem
+        out, n = base, 1
+        while out in used:
+            n += 1
+            out = f"{base}-{n}"
+        used.add(out)
+        paths.append(folder / f"{out}.png")
+        Image.fromarray(img.numpy(), "L").save(paths[-1])
+    return paths
+
+
 def _load(source: Path | bytes | str) -> Image.Image:
     if isinstance(source, str):
         raise preprocess.ImageError(source)

@@ -85,7 +85,8 @@ h1 {{ margin-bottom: .1em; }} .sub {{ color: #666; margin-top: 0; }}
 .cards {{ display: flex; flex-wrap: wrap; gap: .8em; margin: 1.2em 0; }}
 .card {{ border: 1px solid #ddd; border-radius: 8px; padding: .6em 1em; min-width: 9em; }}
 .card b {{ display: block; font-size: 1.6em; }} .card span {{ color: #666; font-size: .9em; }}
-table {{ border-collapse: collapse; margin: .5em 0 1.5em; }} th, td {{ padding: .2em .8em; border-bottom: 1px solid #eee; }}
+table {{ border-collapse: collapse; margin: .5em 0 1.5em; }}
+th, td {{ padding: .2em .8em; border-bottom: 1px solid #eee; }}
 th {{ text-align: left; font-weight: 600; }} td {{ font-family: ui-monospace, monospace; }}
 .wide td, .wide th {{ text-align: right; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }} figcaption {{ color: #555; }}

@@ -159,8 +159,9 @@ def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, re
     """Train a recipe on in-memory data; return the final model (the EMA one when enabled) and history.
 
     `on_epoch(row, model)` sees each epoch's summary and the model being trained (the EMA one
-    when enabled), e.g. to score it at fixed points. With `run_dir`, rank 0 writes model.safetensors, train_state.safetensors and
-    history.json atomically after every epoch; `resume` continues from them.
+    when enabled), e.g. to score it at fixed points. With `run_dir`, rank 0 writes
+    model.safetensors, train_state.safetensors and history.json atomically after every
+    epoch; `resume` continues from them.
     """
     model = build(cfg, device)
     ema = copy.deepcopy(model).eval() if cfg.ema_decay else None
