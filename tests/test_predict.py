@@ -236,6 +236,18 @@ def test_folder_without_images_and_unmatched_glob_are_errors(tmp_path):
                    (str(tmp_path / "*.jpg"), "no files match this pattern")]
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "x.png", "--topk", "0"], "argument --topk: must be from 1 to 10"),
+    (["predict", "x.png", "--topk", "eleven"], "argument --topk: invalid integer value: 'eleven'"),
+    (["evaluate", "--samples", "-1"], "argument --samples: must be 0 or more"),
+    (["export", "--out", "m.onnx", "--int8", "--calibration-images", "0"], "--calibration-images: must be 1 or more"),
+])
+def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_shipped_model_loads_with_its_metadata(shipped):
     assert shipped.meta["mean"] and shipped.meta["std"] and len(shipped.meta["classes"]) == 10
     assert checkpoint.default_model_path().exists()

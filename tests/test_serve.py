@@ -321,8 +321,10 @@ def test_concurrent_requests_share_a_forward_pass_and_never_block_the_loop(predi
 def test_cli_serve_reports_a_bad_model_without_a_traceback(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing.safetensors")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
-    assert main(["serve", "--workers", "0"]) == 1
-    assert "--workers" in capsys.readouterr().err
+    for flag, value in (("--workers", "0"), ("--threads", "0"), ("--port", "99999")):
+        with pytest.raises(SystemExit) as exc:  # a usage error, as argparse reports them
+            main(["serve", flag, value])
+        assert exc.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
 
 
 def test_cli_serve_with_two_worker_processes(predictor, digits):

@@ -61,6 +61,24 @@ def test_every_recipe_builds():
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "epochs = 0 (must be >= 1)"),
+    (["--batch-size", "-3"], "batch_size = -3 (must be >= 1)"),
+    (["--limit-train", "0", "--lr", "-1"], "lr = -1.0 (must be > 0); limit_train = 0 (must be >= 1)"),
+])
+def test_bad_training_flags_fail_at_once_with_the_rule(flags, message, capsys, monkeypatch):
+    monkeypatch.setattr(data, "load_mnist", lambda *a, **k: pytest.fail("loaded MNIST for a bad config"))
+    assert cli.main(["train", *flags]) == 1
+    assert capsys.readouterr().err == f"error: invalid default config: {message}\n"
+
+
+def test_config_checks_choices_and_ranges():
+    with pytest.raises(ValueError, match="optimizer = 'adam' .must be sgd or adadelta or adamw"):
+        get_config("fast", optimizer="adam")
+    with pytest.raises(ValueError, match=r"scale = 1.5 \(must be in \[0, 1\)\)"):
+        get_config("best", scale=1.5)
+
+
 @pytest.fixture(scope="module")
 def small(mnist_dir):
     return data.load_mnist(mnist_dir, val_size=500, limit_train=2000)

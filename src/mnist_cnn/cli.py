@@ -37,6 +37,18 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high], so a bad number is a usage error, not a traceback."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {low} or more" if high is None else
+                                             f"must be from {low} to {high}")
+        return value
+    parse.__name__ = "integer"  # argparse says "invalid integer value" for text that is not one
+    return parse
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -184,8 +196,6 @@ def cmd_serve(args) -> int:
         from . import serve
     except ImportError as exc:
         raise SystemExit(f"error: serving needs {exc.name}: pip install 'mnist-cnn[serve]'") from None
-    if args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, not {args.workers}")
     device = pick_device(args.device) if args.backend == "torch" else torch.device("cpu")
     options = {"model": str(args.model) if args.model else None, "backend": args.backend, "device": str(device),
                "threads": args.threads, "min_confidence": args.min_confidence}
@@ -289,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a checkpoint on the MNIST test set")
     add_common(p)
     p.add_argument("checkpoint", nargs="?", type=Path, help="checkpoint or run folder (default: shipped model)")
-    p.add_argument("--samples", type=int, default=10, help="random test images to show")
+    p.add_argument("--samples", type=int_in(0), default=10, help="random test images to show")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", action="store_true")
@@ -315,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, metavar="CHECKPOINT", help="checkpoint or run folder (default: shipped model)")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--int8", action="store_true", help="static int8 quantization calibrated on training images")
-    p.add_argument("--calibration-images", type=int, metavar="N", help="training images for --int8 (default 2000)")
+    p.add_argument("--calibration-images", type=int_in(1), metavar="N", help="training images for --int8 "
+                   "(default 2000)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE")
     p.set_defaults(func=cmd_export)
 
@@ -324,11 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: shipped model)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int_in(1, 65535), default=8000)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
                    help="torch backend device (default cpu: fastest for one image at a time)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads of torch or ONNX Runtime")
-    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the "
+    p.add_argument("--threads", type=int_in(1), default=1, help="intra-op threads of torch or ONNX Runtime")
+    p.add_argument("--workers", type=int_in(1), default=1, help="server processes, each with its own copy of the "
                    "model: image preprocessing holds the GIL, so more processes can use more cores")
     p.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
                    help='below this probability the answer says "unsure"')
@@ -342,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--format", default="text", choices=["text", "json", "csv"],
                    help="text for people; json (one object per line) or csv for programs")
-    p.add_argument("--topk", type=int, default=3, metavar="K", help="alternatives to show (default 3)")
+    p.add_argument("--topk", type=int_in(1, 10), default=3, metavar="K", help="alternatives to show (default 3)")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                    help='answer "unsure" when the best probability is below P (default 0: always answer)')
     p.add_argument("--save-processed", type=Path, metavar="DIR", help="write the 28x28 images the network saw")

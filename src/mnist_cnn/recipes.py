@@ -12,6 +12,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
+OPTIMIZERS = ("sgd", "adadelta", "adamw")
+SCHEDULES = ("constant", "step", "onecycle", "cosine")
+
+
 @dataclass
 class TrainConfig:
     """Fields shared by every recipe; each recipe overrides the defaults it needs."""
@@ -44,6 +48,28 @@ class TrainConfig:
     log_every: int = 1000  # steps between logged lines
     seed: int = 0  # seeds every generator
     ensemble: int = 1  # members trained with seeds seed, seed+1, ...; their probabilities are averaged
+
+    def __post_init__(self):
+        # Checked here, so a bad flag fails before MNIST is loaded, not as a tensor-shape error
+        # (or a loop that never ends) deep inside training.
+        checks = {  # field: (holds, what it must be)
+            "epochs": (self.epochs >= 1, ">= 1"), "batch_size": (self.batch_size >= 1, ">= 1"),
+            "lr": (self.lr > 0, "> 0"), "momentum": (0 <= self.momentum < 1, "in [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "optimizer": (self.optimizer in OPTIMIZERS, " or ".join(OPTIMIZERS)),
+            "schedule": (self.schedule in SCHEDULES, " or ".join(SCHEDULES)),
+            "step_gamma": (self.step_gamma > 0, "> 0"), "warmup": (0 <= self.warmup < 1, "in [0, 1)"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
+            "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
+            "translate": (self.translate >= 0, ">= 0"), "rotate": (self.rotate >= 0, ">= 0"),
+            "scale": (0 <= self.scale < 1, "in [0, 1)"), "shear": (self.shear >= 0, ">= 0"),
+            "val_size": (0 <= self.val_size < 60000, "in [0, 60000)"),
+            "limit_train": (self.limit_train is None or self.limit_train >= 1, ">= 1"),
+            "log_every": (self.log_every >= 1, ">= 1"), "ensemble": (self.ensemble >= 1, ">= 1"),
+        }
+        bad = [f"{name} = {getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid {self.recipe} config: {'; '.join(bad)}")
 
     @property
     def augments(self) -> bool:
