@@ -72,6 +72,15 @@ def test_bad_training_flags_fail_at_once_with_the_rule(flags, message, capsys, m
     assert capsys.readouterr().err == f"error: invalid default config: {message}\n"
 
 
+def test_unusable_run_folders_are_errors_not_tracebacks(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "load_mnist", lambda *a, **k: pytest.fail("loaded MNIST with nowhere to write"))
+    assert cli.main(["train", "--resume", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere: not a run folder (no config.json" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert cli.main(["train", "--out", str(tmp_path / "a_file" / "run")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'a_file' / 'run'}: Not a directory\n"
+
+
 def test_config_checks_choices_and_ranges():
     with pytest.raises(ValueError, match="optimizer = 'adam' .must be sgd or adadelta or adamw"):
         get_config("fast", optimizer="adam")

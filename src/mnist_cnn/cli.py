@@ -77,8 +77,8 @@ def cmd_data(args) -> int:
 
 def resolve_config(args):
     if args.resume:
-        stored = json.loads((Path(args.resume) / "config.json").read_text())
-        return config_from_dict(stored)
+        from .runs import load_run
+        return config_from_dict(load_run(args.resume)["config"])
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "limit_train": args.limit_train, "compile": args.compile or None, "ensemble": args.ensemble}
     return get_config(args.recipe, **overrides)
@@ -368,6 +368,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except (data.DataError, checkpoint.CheckpointError, distributed.DistributedError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a folder that cannot be made, a disk that is full: the user's to fix, no traceback
+        print(f"error: {exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else f"error: {exc}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; the last epoch's checkpoint is kept (use --resume)", file=sys.stderr)
