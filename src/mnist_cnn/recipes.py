@@ -50,8 +50,8 @@ class TrainConfig:
     ensemble: int = 1  # members trained with seeds seed, seed+1, ...; their probabilities are averaged
 
     def __post_init__(self):
-        # Checked here, so a bad flag fails before MNIST is loaded, not as a tensor-shape error
-        # (or a loop that never ends) deep inside training.
+        # Checked here, so a bad flag fails before MNIST is loaded, and with the rule it broke,
+        # not as a tensor-shape error deep inside training.
         checks = {  # field: (holds, what it must be)
             "epochs": (self.epochs >= 1, ">= 1"), "batch_size": (self.batch_size >= 1, ">= 1"),
             "lr": (self.lr > 0, "> 0"), "momentum": (0 <= self.momentum < 1, "in [0, 1)"),
@@ -63,7 +63,7 @@ class TrainConfig:
             "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
             "translate": (self.translate >= 0, ">= 0"), "rotate": (self.rotate >= 0, ">= 0"),
             "scale": (0 <= self.scale < 1, "in [0, 1)"), "shear": (self.shear >= 0, ">= 0"),
-            "val_size": (0 <= self.val_size < 60000, "in [0, 60000)"),
+            "val_size": (0 <= self.val_size < 60000, "in [0, 60000)"),  # MNIST has 60,000 training images
             "limit_train": (self.limit_train is None or self.limit_train >= 1, ">= 1"),
             "log_every": (self.log_every >= 1, ">= 1"), "ensemble": (self.ensemble >= 1, ">= 1"),
         }
