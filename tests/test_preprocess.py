@@ -269,6 +269,20 @@ def test_photo_noise_specks_and_uneven_light_are_cleaned():
     assert distance(out, clean) < 6
 
 
+def test_drawings_skip_the_photo_steps_and_read_the_same(monkeypatch):
+    """Paper of one exact value (a canvas, a screenshot) needs no denoising or lighting model."""
+    drawing = page(seven(6), size=(200, 240), at=(40, 60))
+    lum = np.asarray(drawing, dtype=np.float32) / 255
+    photo = lum + np.random.default_rng(0).normal(0, 0.01, lum.shape)  # the same page, faintly noisy
+    via_photo = to_mnist(Image.fromarray(np.clip(np.round(photo * 255), 0, 255).astype(np.uint8)))
+
+    def skipped(*args):
+        raise AssertionError("a drawing went through the photo steps")
+    monkeypatch.setattr(preprocess, "_background", skipped)
+    monkeypatch.setattr(preprocess, "median3", skipped)
+    assert box(to_mnist(drawing)) == box(via_photo) and distance(to_mnist(drawing), via_photo) < 2
+
+
 @pytest.mark.parametrize("shape", ["even", "gradient", "lamp"])
 def test_background_follows_the_lighting_under_the_ink(shape):
     h, w = 240, 320

@@ -176,9 +176,13 @@ def find_ink(img: Image.Image) -> Page | None:
     # The paper's noise, from neighbour differences (a robust MAD), so lighting gradients do not count.
     diff = np.diff(x, axis=1)
     noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2)
-    if f == 1 and min(x.shape) >= 64:  # only where strokes are wide enough to survive a median
+    # A drawing (a canvas, a screenshot) has paper of exactly one value over most of the image:
+    # nothing to denoise and no lighting to model, and skipping both saves most of the time here.
+    paper = 1 - border if invert else border
+    drawn = np.count_nonzero(x == paper) * 2 > x.size
+    if not drawn and f == 1 and min(x.shape) >= 64:  # only where strokes are wide enough to survive a median
         x = median3(x)
-    background = _background(x)
+    background = np.full_like(x, paper) if drawn else _background(x)
     d = x - background
     peak = float(d.max())
     if peak < max(MIN_CONTRAST, NOISE_PEAK * noise):
