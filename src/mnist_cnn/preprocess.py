@@ -5,8 +5,9 @@ aspect ratio (grey levels from anti-aliasing), then centred by centre of mass in
 Feeding anything else to the network is the classic demo bug, so the CLI, the REST API
 and the web page all go through this one module:
 
-    decode -> luminance (alpha, 16-bit, palette, CMYK) -> polarity -> denoise, background,
-    threshold, specks -> crop at full resolution -> one resize to the 20x20 box -> centre
+    decode -> luminance (alpha, 16-bit, palette, CMYK) -> polarity -> denoise, background
+    (photos and scans only) -> threshold, specks -> crop at full resolution -> one resize
+    to the 20x20 box -> centre
 
     mnist-cnn predict my_digit.jpg --save-processed processed/
 
