@@ -77,8 +77,8 @@ def cmd_data(args) -> int:
 
 def resolve_config(args):
     if args.resume:
-        from .runs import load_run
-        return config_from_dict(load_run(args.resume)["config"])
+        from .runs import read_config
+        return config_from_dict(read_config(args.resume))
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "limit_train": args.limit_train, "compile": args.compile or None, "ensemble": args.ensemble}
     return get_config(args.recipe, **overrides)

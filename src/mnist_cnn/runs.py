@@ -85,12 +85,18 @@ def fmt(key: str, value) -> str:
     return f"{value:.4f}" if "loss" in key else f"{value:g}"
 
 
-def load_run(path: Path) -> dict:
-    """A run folder's config, metrics and history (metrics are empty while a run is unfinished)."""
+def read_config(path: Path) -> dict:
+    """A run folder's resolved config, as `mnist-cnn train` wrote it first thing."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"{path}: not a run folder (no config.json; run folders are written by `mnist-cnn train`)")
-    return {"path": path, "config": read_json(path / "config.json"), "metrics": read_json(path / "metrics.json", {}),
+    return read_json(path / "config.json")
+
+
+def load_run(path: Path) -> dict:
+    """A run folder's config, metrics and history (metrics are empty while a run is unfinished)."""
+    path = Path(path)
+    return {"path": path, "config": read_config(path), "metrics": read_json(path / "metrics.json", {}),
             "history": read_json(path / "history.json", {}), "date": (path / "config.json").stat().st_mtime}
 
 
