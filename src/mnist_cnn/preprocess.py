@@ -26,11 +26,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .imageops import bbox, component_boxes, dilate, label_components, median3, paper_plane, pool3, stroke_width
+import cv2
+
+from . import photo
+from .imageops import bbox, component_boxes, dilate, label_components, stroke_width
 
 MAX_BYTES = 64 * 2**20  # refuse bigger files before decoding them
 MAX_PIXELS = 40_000_000  # our own limit, below Pillow's decompression-bomb limit (~89 MP)
-WORK_SIDE = 1024  # ink is found on a copy at most this big; the crop itself is taken at full resolution
+WORK_SIDE = 1024  # ink is found on a copy at most this big; a drawing's crop is taken at full resolution
+DECODE_SIDE = 900  # bigger images are decoded (JPEG: at 1/2, 1/4 or 1/8) or reduced to no less than this
 BOX, FIELD = 20, 28  # MNIST: the digit's box, and the field it is centred in
 CENTRE = 14.0  # mean centre of mass of the MNIST test digits, in pixel-index coordinates (measured)
 MIN_CONTRAST = 0.10  # ink must stand this far (of full scale) above the paper, or the image is empty
@@ -42,7 +46,6 @@ MIN_SIDE = 0.03  # a digit spans at least this fraction of the image's longer si
 LEVEL_PCT, FLOOR, THRESH = 50, 0.25, 0.5
 STROKE, THIN = 1.8, 0.6  # MNIST's median `stroke_width` (px, at >= 128 of 255; measured); thinner than
 # THIN x that, a stroke is thickened, as a fine pen on a large photo would otherwise vanish in the resize
-CELLS = 8  # the lighting map's resolution, in blocks along each side
 SPECK = 0.03  # components smaller than this fraction of the largest one are specks
 
 
@@ -63,12 +66,19 @@ def decode(raw: bytes) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own limit: refuse, not warn
             img = Image.open(io.BytesIO(raw))
+            # A phone's JPEG is decoded at 1/2, 1/4 or 1/8 of its size, never smaller than DECODE_SIDE:
+            # the ink is found at about WORK_SIDE, and a 12-megapixel decode would cost most of the time.
+            scale = DECODE_SIDE / max(img.size)
+            if img.format == "JPEG" and scale < 0.5:
+                img.draft(None, (math.ceil(img.size[0] * scale), math.ceil(img.size[1] * scale)))
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ImageError(f"the image is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels); "
                                  f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels")
             img.seek(0)  # an animation is read as its first frame
             img.load()
+            if max(img.size) >= 2 * DECODE_SIDE:  # other formats: smaller as soon as they are decoded
+                img = img.reduce(max(img.size) // DECODE_SIDE)
             return ImageOps.exif_transpose(img)
     except ImageError:
         raise
@@ -122,28 +132,6 @@ def luminance(img: Image.Image) -> np.ndarray:
     return grey * alpha + (1.0 if dark_ink else 0.0) * (1 - alpha)
 
 
-def _background(x: np.ndarray) -> np.ndarray:
-    """The paper's level under the (bright) ink: a plane for even light or a gradient, plus a
-    coarse map of what the plane misses when the lighting is uneven (a shadow, a lamp)."""
-    h, w = x.shape
-    background = paper_plane(x)
-    cells = min(CELLS, max(h, w) // 16)  # blocks of >= 16 px
-    if cells < 3:
-        return background
-    rest = x - background
-    ys, xs = np.linspace(0, h, cells + 1).astype(int), np.linspace(0, w, cells + 1).astype(int)
-    # A block's lower quartile is its paper if a quarter of it is paper. A grey opening of the
-    # block grid (3x3 min, then 3x3 max) removes what is narrower than 3 blocks -- strokes lying
-    # wholly inside blocks -- and keeps the slopes and plateaus of the light.
-    grid = np.array([[np.percentile(rest[ys[i]:ys[i + 1], xs[j]:xs[j + 1]], 25) for j in range(cells)]
-                     for i in range(cells)])
-    grid = pool3(pool3(grid, np.min), np.max)
-    if grid.max() - grid.min() < 0.08:  # the plane explains the lighting
-        return background
-    up = Image.fromarray(grid.astype(np.float32), "F").resize((w, h), Image.Resampling.BILINEAR)
-    return background + np.asarray(up, dtype=np.float32)
-
-
 # --------------------------------------------------------------------- ink
 
 
@@ -162,8 +150,12 @@ class Page:
     count: int
 
 
-def find_ink(img: Image.Image) -> Page | None:
-    """Locate the ink, or None when there is none (a blank or uniform image)."""
+def find_ink(img: Image.Image, several: bool = False) -> Page | None:
+    """Locate the ink, or None when there is none (a blank or uniform image).
+
+    Photos and scans go through the photo steps (sheet, light, rules, the digit's components);
+    `several` keeps every digit of a written number rather than the one in the middle of the frame.
+    """
     full = luminance(img)
     f = max(1, math.ceil(max(full.shape) / WORK_SIDE))
     h, w = full.shape[0] // f * f, full.shape[1] // f * f
@@ -174,22 +166,17 @@ def find_ink(img: Image.Image) -> Page | None:
     border = float(np.median(ring))  # the page's edge is almost always paper
     invert = border - small.min() > small.max() - border
     x = 1 - small if invert else small
-    # The paper's noise, from neighbour differences (a robust MAD), so lighting gradients do not count.
-    diff = np.diff(x, axis=1)
-    noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2)
     # A drawing (a canvas, a screenshot) has paper of exactly one value over most of the image:
     # nothing to denoise and no lighting to model, and skipping both saves most of the time here.
     paper = 1 - border if invert else border
-    drawn = np.count_nonzero(x == paper) * 2 > x.size
-    if not drawn and f == 1 and min(x.shape) >= 64:  # only where strokes are wide enough to survive a median
-        x = median3(x)
-    background = np.full_like(x, paper) if drawn else _background(x)
-    d = x - background
+    if np.count_nonzero(x == paper) * 2 <= x.size:
+        return _photo_ink(img, full, invert, several)
+    d = x - paper
     peak = float(d.max())
-    if peak < max(MIN_CONTRAST, NOISE_PEAK * noise):
+    if peak < MIN_CONTRAST:
         return None
     level = float(np.percentile(d[d > 0.3 * peak], LEVEL_PCT))
-    threshold = max(THRESH * level, NOISE_INK * noise)
+    threshold = THRESH * level
     labels, n = label_components(d > threshold)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     keep = areas >= max(2, SPECK * areas.max())
@@ -200,7 +187,56 @@ def find_ink(img: Image.Image) -> Page | None:
         return None
     lut = np.zeros(n + 1, dtype=np.int32)
     lut[1:][keep] = np.arange(1, keep.sum() + 1)
-    return Page(full, invert, f, d, background, level, threshold, lut[labels], int(keep.sum()))
+    return Page(full, invert, f, d, np.full_like(d, paper), level, threshold, lut[labels], int(keep.sum()))
+
+
+def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) -> Page | None:
+    """The photo steps of `photo.py`, on a working copy at most WORK_SIDE pixels on a side."""
+    rgb = _rgb(img, full)
+    s = WORK_SIDE / max(rgb.shape[:2])
+    if s < 1:
+        rgb = cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    outside = None
+    if invert:  # dark ink on paper: a sheet on a desk is flattened, or the desk around it ignored
+        sheet = photo.find_sheet(rgb)
+        if sheet is not None and sheet[1] is not None:
+            rgb = photo.flatten_sheet(rgb, sheet[1])
+        elif sheet is not None:
+            outside = cv2.dilate((~sheet[0]).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+        strength = photo.even_light(photo.ink_channel(rgb))
+    else:
+        strength = photo.light_on_dark(rgb.max(axis=2).astype(np.float32) / 255)
+    if outside is not None:
+        strength[outside] = 0
+    noise = photo.noise_level(strength)
+    peak = float(np.percentile(strength[::2, ::2], 99.9))  # the strongest ink, less a few outliers
+    if peak < max(MIN_CONTRAST, NOISE_PEAK * noise):
+        return None
+    loose = strength > max(NOISE_INK * noise, 0.25 * THRESH * peak)
+    kept = photo.remove_rules(loose, photo.rule_lines(loose))
+    strength = np.where(kept, strength, 0).astype(np.float32)
+    level = float(np.percentile(strength[strength > 0.3 * peak], LEVEL_PCT)) if (strength > 0.3 * peak).any() else 0
+    threshold = max(THRESH * level, NOISE_INK * noise)
+    if level <= 0:
+        return None
+    labels, stats, widths = photo.components(strength > threshold)
+    chosen = photo.choose(labels, stats, photo.stroke_like(stats, widths, labels.shape), several)
+    longest = np.maximum(stats[:, 2], stats[:, 3])
+    if not (chosen & (longest >= max(MIN_SIDE * max(labels.shape), 3))).any():  # only dust: no digit
+        return None
+    lut = np.zeros(len(stats), dtype=np.int32)
+    lut[chosen] = np.arange(1, chosen.sum() + 1)
+    return Page(strength, True, 1, strength, np.zeros_like(strength), level, threshold, lut[labels],
+                int(chosen.sum()))
+
+
+def _rgb(img: Image.Image, lum: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 for the photo steps: the colours of a colour image, else its luminance (in
+    which transparency is already composited onto paper)."""
+    if img.mode in ("RGB", "CMYK", "YCbCr", "P") and "transparency" not in img.info:
+        return np.asarray(img.convert("RGB"))
+    grey = np.round(np.clip(lum, 0, 1) * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def _frames(labels: np.ndarray, n: int, keep: np.ndarray) -> np.ndarray:

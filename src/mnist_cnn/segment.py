@@ -27,7 +27,7 @@ def segment_digits(img: Image.Image, score=None) -> list[torch.Tensor]:
     `score`, if given, rates candidate digits (k, 28, 28) uint8 -> float, higher is better
     (a classifier's confidence); touching digits are then cut where it is most confident.
     """
-    page = find_ink(img)
+    page = find_ink(img, several=True)
     if page is None or page.count == 0:
         return []
     digits = []

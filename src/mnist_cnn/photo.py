@@ -1,0 +1,286 @@
+"""The photo steps: a phone photo of a page -> where the ink is, on flat and evenly lit paper.
+
+Each step is a pure function of arrays, built on OpenCV, and is named after what it does:
+
+    find_sheet -> flatten_sheet -> even_light -> rule_lines / remove_rules -> stroke_like -> choose
+
+`preprocess.find_ink` runs them for photos and scans; drawings (paper of one exact value) skip
+them. Ink is "strength": 0 on paper, 1 for ink that takes all the light.
+
+    mnist-cnn predict photo_of_a_seven.jpg --save-processed processed/
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+SHEET_SIDE = 256  # the sheet is looked for on a copy this big: its outline is a large feature
+SHEET_MIN, SHEET_MAX = 0.12, 0.96  # as a fraction of the frame: smaller is no sheet, larger is no desk
+DESK_DARK = 0.45  # of the paper's brightness: darker than this is not paper, even in a shadow
+DESK_CHROMA = 14.0  # Lab chroma units from the paper's own colour: a wooden desk, a coloured mat
+LIGHT_KERNEL = 1 / 14  # of the longer side: the closing that finds the paper is wider than any stroke
+RULE_SPAN = 0.45  # a ruled line spans at least this fraction of the sheet...
+RULE_THICK = 0.008  # ...and is at most this thick (fraction of the longer side, >= 3 px): a digit is neither
+RULE_RUN = 1 / 12  # straight runs this long (fraction of the side) are the seeds of lines
+SPECK = 0.04  # components under this fraction of the largest are specks
+BLOB_FILL, BLOB_DEPTH, BLOB_ASPECT = 0.6, 0.6, 2.5  # a blob fills this much of its box, is this thick for
+# its shorter side, and is no longer than this for its width: a stain or a thumb (a 6 with its loop inked in
+# fills far less of its box; a 1 is longer)
+
+
+def odd(n: float) -> int:
+    return max(3, int(n) // 2 * 2 + 1)
+
+
+# ------------------------------------------------------------------- the sheet
+
+
+def find_sheet(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(H, W, 3) uint8 -> (mask of the sheet, its four corners or None), or None when no desk shows.
+
+    Paper is the bright region of one colour: the desk is darker than even a shadowed page
+    (DESK_DARK), or of another colour (a wooden desk). The sheet is the largest paper-like region,
+    made convex; its corners are given when its outline is a clean quadrilateral.
+    """
+    h, w = rgb.shape[:2]
+    s = SHEET_SIDE / max(h, w)
+    small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
+    light, chroma = lab[..., 0], np.hypot(lab[..., 1] - 128, lab[..., 2] - 128)
+    bright = float(np.percentile(light, 90))
+    paper_chroma = float(np.median(chroma[light >= 0.85 * bright]))
+    paper = ((light > DESK_DARK * bright) & (np.abs(chroma - paper_chroma) < DESK_CHROMA)).astype(np.uint8)
+    paper = cv2.morphologyEx(paper, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))  # ink is not desk
+    paper = cv2.morphologyEx(paper, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))  # nor are desk highlights
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(paper, connectivity=4)
+    if n < 2:
+        return None
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    contours, _ = cv2.findContours((labels == biggest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+    if not SHEET_MIN < cv2.contourArea(hull) / (small.shape[0] * small.shape[1]) < SHEET_MAX:
+        return None
+    mask = np.zeros(small.shape[:2], np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    quad = cv2.approxPolyDP(hull, 0.03 * cv2.arcLength(hull, True), True)
+    corners = _order(quad.reshape(-1, 2).astype(np.float32) / s) if len(quad) == 4 else None
+    return mask, corners
+
+
+def _order(pts: np.ndarray) -> np.ndarray:
+    """Four points -> top-left, top-right, bottom-right, bottom-left."""
+    by_sum, by_diff = pts.sum(1), pts[:, 1] - pts[:, 0]
+    return np.array([pts[np.argmin(by_sum)], pts[np.argmin(by_diff)], pts[np.argmax(by_sum)],
+                     pts[np.argmax(by_diff)]], dtype=np.float32)
+
+
+def flatten_sheet(img: np.ndarray, corners: np.ndarray, margin: float = 0.015) -> np.ndarray:
+    """Warp the sheet inside `corners` (tl, tr, br, bl) to a rectangle, trimming `margin` of each side
+    so that no sliver of desk or of the paper's edge comes along."""
+    tl, tr, br, bl = corners
+    w = int(max(np.linalg.norm(tr - tl), np.linalg.norm(br - bl)))
+    h = int(max(np.linalg.norm(bl - tl), np.linalg.norm(br - tr)))
+    mx, my = margin * w, margin * h
+    target = np.array([[-mx, -my], [w - 1 + mx, -my], [w - 1 + mx, h - 1 + my], [-mx, h - 1 + my]], np.float32)
+    warp = cv2.getPerspectiveTransform(corners, target)
+    return cv2.warpPerspective(img, warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+# ------------------------------------------------------------------- the light
+
+
+def ink_channel(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) float32 in [0, 1]: the darkest channel, where ink of any colour
+    stands out most (blue ink is darkest in red, red ink in green and blue)."""
+    r, g, b = cv2.split(rgb)
+    return cv2.min(cv2.min(r, g), b).astype(np.float32) / 255
+
+
+def even_light(grey: np.ndarray) -> np.ndarray:
+    """Dark ink on light paper, (H, W) float32 -> ink strength in [0, 1] with the lighting divided out.
+
+    The paper's brightness is a morphological closing with a kernel wider than any stroke: it
+    removes the ink and keeps every change of light, soft or hard (a shadow's edge is a step,
+    which a closing reproduces exactly). Dividing by it leaves 0 on paper, in sun and shade alike.
+    """
+    smooth = cv2.GaussianBlur(grey, (0, 0), 1.0)  # noise would bias the closing's maxima upwards
+    k = _light_kernel(smooth, dark_ink=True)
+    paper = cv2.morphologyEx(smooth, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)),
+                             borderType=cv2.BORDER_REFLECT)
+    return np.clip(1 - smooth / np.maximum(paper, 1e-3), 0, 1)
+
+
+def _light_kernel(smooth: np.ndarray, dark_ink: bool) -> int:
+    """A kernel side for the lighting model: LIGHT_KERNEL of the image, or wider than its widest
+    strokes (a thick marker on a tight crop). Strokes are measured on a local-mean threshold, leaving
+    out what touches the frame: a shadow's edge or a vignette comes in from outside, a digit does not.
+    Capped, so that the light's own changes still show."""
+    side = max(smooth.shape)
+    u8 = np.round(smooth * 255).astype(np.uint8)
+    mask = cv2.adaptiveThreshold(u8, 1, cv2.ADAPTIVE_THRESH_MEAN_C,
+                                 cv2.THRESH_BINARY_INV if dark_ink else cv2.THRESH_BINARY, odd(side / 4), 8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    x, y, w, h = (stats[:, i] for i in range(4))
+    framed = (x == 0) | (y == 0) | (x + w == mask.shape[1]) | (y + h == mask.shape[0])
+    depth = cv2.distanceTransform(mask, cv2.DIST_L2, 3)[~framed[labels] & (labels > 0)]
+    width = 2 * float(np.percentile(depth, 95)) if depth.size else 0.0
+    return odd(min(max(LIGHT_KERNEL * side, 2.5 * width + 3), side / 3))
+
+
+def light_on_dark(grey: np.ndarray) -> np.ndarray:
+    """Light ink on dark ground (chalk, a screenshot), (H, W) float32 -> ink strength: the ground is
+    a morphological opening, and subtracted."""
+    smooth = cv2.GaussianBlur(grey, (0, 0), 1.0)
+    k = _light_kernel(smooth, dark_ink=False)
+    ground = cv2.morphologyEx(smooth, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)),
+                              borderType=cv2.BORDER_REFLECT)
+    return np.clip(smooth - ground, 0, 1)
+
+
+def noise_level(strength: np.ndarray) -> float:
+    """The paper's noise: a robust spread of neighbour differences (edges and ink are outliers)."""
+    diff = np.diff(strength[::3], axis=1)[:, ::3]
+    return 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2)
+
+
+# ------------------------------------------------------------------- ruled lines
+
+
+def rule_lines(mask: np.ndarray) -> np.ndarray:
+    """The pixels of ruled lines and grid lines in an ink mask (bool (H, W) -> bool (H, W)).
+
+    A rule is long and thin: straight runs of at least RULE_RUN of the side (found by an opening,
+    on a mask thickened across the line so a slight tilt still gives runs) are joined along the
+    line; one that spans RULE_SPAN of the sheet, and is thinner than RULE_THICK, is a rule. Its
+    pixels are those within its thickness of the fitted straight line.
+    """
+    return _lines(mask, axis=1) | _lines(mask.T, axis=1).T
+
+
+def _lines(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Horizontal lines only (the caller transposes for vertical ones)."""
+    h, w = mask.shape
+    m = mask.astype(np.uint8)
+    run = odd(RULE_RUN * w)
+    thick = max(3.0, RULE_THICK * max(h, w))
+    across = cv2.dilate(m, np.ones((5, 1), np.uint8))  # tolerates about 2 px of rise per run
+    seeds = cv2.morphologyEx(across, cv2.MORPH_OPEN, np.ones((1, run), np.uint8)) & m
+    out = np.zeros_like(mask)
+    if cv2.countNonZero(seeds) < RULE_SPAN * w / 2:  # plain paper: no line to look for
+        return out
+    joined = cv2.dilate(seeds, np.ones((3, run), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    for i in range(1, n):
+        x, y, bw, bh = stats[i, :4]
+        if bw < RULE_SPAN * w:
+            continue
+        ys, xs = np.nonzero(seeds[y:y + bh, x:x + bw] & (labels[y:y + bh, x:x + bw] == i))
+        if len(xs) < RULE_SPAN * w / 2:
+            continue
+        # Least squares is enough: the seeds are runs along the line, already free of the digit's curves.
+        vx, vy, cx, cy = cv2.fitLine(np.column_stack([xs + x, ys + y])[::3].astype(np.float32),
+                                     cv2.DIST_L2, 0, 0.01, 0.01).ravel()
+        dist = np.abs((xs + x - cx) * vy - (ys + y - cy) * vx)
+        half = 2 * float(np.median(dist)) + 1.0  # a uniform band of width t has median |distance| t/4
+        if 2 * half > thick + 2:  # too thick for a printed rule: a stroke of a large digit
+            continue
+        y0, y1 = max(0, int(y - 2 * half)), min(h, int(y + bh + 2 * half) + 1)
+        yy, xx = np.mgrid[y0:y1, 0:w]
+        near = np.abs((xx - cx) * vy - (yy - cy) * vx) <= half
+        out[y0:y1] |= near & mask[y0:y1]
+    return out
+
+
+def remove_rules(mask: np.ndarray, rules: np.ndarray) -> np.ndarray:
+    """The ink mask without its rules, with the strokes that crossed a rule joined again.
+
+    A stroke crossing a horizontal rule is ink just above and just below it: a closing along the
+    stroke's direction (vertical for a horizontal rule) bridges the gap, and only rule pixels that
+    it fills come back. Horizontal and vertical rules are handled alike.
+    """
+    rest = (mask & ~rules).astype(np.uint8)
+    if not rules.any():
+        return mask
+    k = odd(max(5.0, 3 * _thickness(rules)))
+    bridged = cv2.morphologyEx(rest, cv2.MORPH_CLOSE, np.ones((k, 1), np.uint8))
+    bridged |= cv2.morphologyEx(rest, cv2.MORPH_CLOSE, np.ones((1, k), np.uint8))
+    return rest.astype(bool) | (rules & bridged.astype(bool))
+
+
+def _thickness(lines: np.ndarray) -> float:
+    """Mean thickness of (mostly straight) lines: area over length."""
+    length = max(np.count_nonzero(lines.any(0)), np.count_nonzero(lines.any(1)), 1)
+    return float(lines.sum()) / length
+
+
+# ------------------------------------------------------------------- choosing the digit
+
+
+def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """8-connected components: labels (H, W) int32, stats (n, 5) (x, y, w, h, area) and, per
+    component, twice its deepest point (the widest stroke it holds), index 0 the background."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    depth = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    deepest = np.zeros(n, np.float32)
+    ink = labels > 0
+    np.maximum.at(deepest, labels[ink], depth[ink])
+    return labels, stats, 2 * deepest
+
+
+def stroke_like(stats: np.ndarray, width: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Which components (1..n; index 0 is False) may be pen strokes: not specks, not blobs (too
+    thick for their size: a thumb, a hole, a stain), and not long thin lines left over from rules
+    or a paper's edge."""
+    h, w = shape
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    longest = np.maximum(bw, bh)
+    ok = np.ones(len(stats), bool)
+    ok[0] = False
+    big = area[1:].max() if len(area) > 1 else 0
+    ok &= area >= max(4, SPECK * big)
+    shortest = np.maximum(np.minimum(bw, bh), 1)
+    ok &= ~((area >= BLOB_FILL * bw * bh) & (width >= BLOB_DEPTH * shortest) & (longest <= BLOB_ASPECT * shortest)
+            & (shortest > 8))
+    line = ((bw > 0.6 * w) & (bh < 0.08 * h)) | ((bh > 0.6 * h) & (bw < 0.08 * w))
+    return ok & ~line
+
+
+def choose(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, several: bool) -> np.ndarray:
+    """The ink that is the digit (or, `several`, the number): bool (n,) over components.
+
+    A person frames the digit: the anchor is the biggest stroke-like component, weighted towards the
+    middle of the frame, and preferring ones that do not touch the border (a sheet's edge, a cut-off
+    scrawl). Pieces near it join it (a 5's detached bar, a broken stroke); for a number, components
+    of a like height along the same line join it too, one after another.
+    """
+    h, w = labels.shape
+    x, y, bw, bh, area = (stats[:, i].astype(np.float64) for i in range(5))
+    cx, cy = x + bw / 2, y + bh / 2
+    border = (x <= 1) | (y <= 1) | (x + bw >= w - 1) | (y + bh >= h - 1)
+    off = np.hypot((cx - w / 2) / w, (cy - h / 2) / h)
+    score = np.where(keep, area * np.exp(-(off / 0.35) ** 2) * np.where(border, 0.2, 1.0), -1)
+    if score.max() <= 0:
+        return np.zeros(len(stats), bool)
+    chosen = np.zeros(len(stats), bool)
+    chosen[int(np.argmax(score))] = True
+    grown = True
+    while grown:
+        grown = False
+        top, bottom = y[chosen].min(), (y + bh)[chosen].max()
+        left, right = x[chosen].min(), (x + bw)[chosen].max()
+        height = bottom - top
+        for i in np.nonzero(keep & ~chosen)[0]:
+            gap_x = max(left - (x[i] + bw[i]), x[i] - right, 0)
+            gap_y = max(top - (y[i] + bh[i]), y[i] - bottom, 0)
+            near = gap_x <= 0.25 * height and gap_y <= 0.25 * height
+            in_line = (several and gap_x <= 1.2 * height and gap_y <= 0.1 * height
+                       and bh[i] >= 0.3 * height and not border[i])
+            if near or in_line:
+                chosen[i] = grown = True
+    return chosen
