@@ -160,6 +160,21 @@ def test_upload_an_image(page, predictor, test_split, tmp_path):
     assert page.locator("#upload-box").is_visible() and "my-digit.png" in page.locator("#upload-name").text_content()
 
 
+def test_a_photo_over_the_servers_pixel_limit_is_shrunk_by_the_page(page, predictor, test_split, tmp_path):
+    """A 24-megapixel phone photo: the server refuses it as it is (16 MP), so the page must shrink it."""
+    x, y = test_split
+    digit, label = x[0], int(y[0])
+    ink = Image.fromarray(255 - digit.numpy()).resize((1400, 1400), Image.BILINEAR)
+    photo = Image.new("L", (6000, 4000), 235)
+    photo.paste(ink, (2300, 1300))
+    path = tmp_path / "IMG_0001.jpg"
+    photo.convert("RGB").save(path, quality=90)
+    assert 6000 * 4000 > serve.Limits().max_pixels
+    page.set_input_files("#upload", str(path))
+    assert answer(page) == str(label)
+    assert "of 6000x4000" in page.locator("#upload-name").text_content()
+
+
 def test_multi_digit_mode(page):
     ARTIFACTS.mkdir(exist_ok=True)
     page.check("#multi")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import zlib
 
 import cv2
@@ -73,6 +74,19 @@ def test_decode_reads_formats_and_applies_exif_orientation():
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=95)
     assert decode(buf.getvalue()).size == img.size
+
+
+def test_heic_photos_are_read_and_a_missing_extra_is_named(monkeypatch):
+    pillow_heif = pytest.importorskip("pillow_heif", reason="the heic extra (pillow-heif) is part of the dev extra")
+    rgb = Image.fromarray(np.stack([np.asarray(page(seven(6), size=(200, 240), at=(40, 60)))] * 3, axis=2))
+    pillow_heif.register_heif_opener()  # only to write the test file
+    buf = io.BytesIO()
+    rgb.save(buf, "HEIF", quality=90)
+    raw = buf.getvalue()
+    assert distance(to_mnist(decode(raw)), to_mnist(rgb)) < 6
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if the extra were not installed
+    with pytest.raises(ImageError, match=r"mnist-cnn\[heic\]"):
+        decode(raw)
 
 
 def test_animated_image_uses_its_first_frame():

@@ -37,6 +37,7 @@ WORK_SIDE = 1024  # ink is found on a copy at most this big; a drawing's crop is
 DECODE_SIDE = 900  # bigger images are decoded (JPEG: at 1/2, 1/4 or 1/8) or reduced to no less than this
 BOX, FIELD = 20, 28  # MNIST: the digit's box, and the field it is centred in
 CENTRE = 14.0  # mean centre of mass of the MNIST test digits, in pixel-index coordinates (measured)
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}  # ISO-BMFF "ftyp" brands
 MIN_CONTRAST = 0.10  # ink must stand this far (of full scale) above the paper, or the image is empty
 NOISE_PEAK, NOISE_INK = 4.0, 2.5  # ...and this many times the paper's noise; ink pixels this many times
 MIN_SIDE = 0.03  # a digit spans at least this fraction of the image's longer side
@@ -62,6 +63,8 @@ def decode(raw: bytes) -> Image.Image:
         raise ImageError("the file is empty")
     if len(raw) > MAX_BYTES:
         raise ImageError(f"the file is {len(raw) / 2**20:.0f} MiB; the limit is {MAX_BYTES / 2**20:.0f} MiB")
+    if raw[4:8] == b"ftyp" and raw[8:12] in HEIF_BRANDS:
+        _register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own limit: refuse, not warn
@@ -88,6 +91,16 @@ def decode(raw: bytes) -> Image.Image:
         raise ImageError(f"refused as a possible decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on corrupt data
         raise ImageError(f"the image is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def _register_heif() -> None:
+    """Teach Pillow HEIC/HEIF (an iPhone's photos) through the optional pillow-heif, when one arrives."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageError("this is a HEIC/HEIF photo; reading it needs the optional extra: "
+                         "pip install 'mnist-cnn[heic]' (or save the photo as JPEG)") from None
+    pillow_heif.register_heif_opener()
 
 
 def open_image(source: str | Path | bytes) -> Image.Image:

@@ -171,9 +171,39 @@ $("upload").addEventListener("change", () => {
   $("upload-thumb").src = URL.createObjectURL(file);
   $("upload-name").textContent = `Uploaded: ${file.name}`;
   $("upload-box").hidden = false;
-  send(file, file.name);
+  result.dataset.pending = "true";  // from now: shrinking comes before sending
+  shrink(file).then(({ blob, note }) => {
+    if (note) $("upload-name").textContent = `Uploaded: ${file.name} (${note})`;
+    send(blob, file.name);
+  });
   $("upload").value = "";  // choosing the same file again still fires "change"
 });
+
+// A phone photo has 12-48 megapixels; the server reads digits at about 1000 px a side. Shrinking
+// it here makes the upload small and keeps it under the server's pixel limit. What the browser
+// cannot decode (HEIC outside Safari) goes as it is: the server reads it.
+const UPLOAD_SIDE = 2048;
+
+async function shrink(file) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch {
+    return { blob: file, note: "" };
+  }
+  const { width, height } = bitmap;
+  const scale = UPLOAD_SIDE / Math.max(width, height);
+  if (scale >= 1) { bitmap.close(); return { blob: file, note: "" }; }
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.round(width * scale);
+  canvas.height = Math.round(height * scale);
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  const blob = await new Promise((done) => canvas.toBlob(done, "image/jpeg", 0.92));
+  return { blob: blob || file, note: blob ? `sent at ${canvas.width}x${canvas.height} of ${width}x${height}` : "" };
+}
 
 // ------------------------------------------------------------------ showing
 
