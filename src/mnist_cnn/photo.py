@@ -19,12 +19,13 @@ import numpy as np
 
 SHEET_SIDE = 256  # the sheet is looked for on a copy this big: its outline is a large feature
 SHEET_MIN, SHEET_MAX = 0.12, 0.96  # as a fraction of the frame: smaller is no sheet, larger is no desk
-DESK_DARK = 0.45  # of the paper's brightness: darker than this is not paper, even in a shadow
+DESK_DARK = 0.65  # of the paper's lightness (L*; 0.3 of its luminance): darker is desk, even beside a shadow
 DESK_CHROMA = 14.0  # Lab chroma units from the paper's own colour: a wooden desk, a coloured mat
-LIGHT_KERNEL = 1 / 14  # of the longer side: the closing that finds the paper is wider than any stroke
-RULE_SPAN = 0.45  # a ruled line spans at least this fraction of the sheet...
-RULE_THICK = 0.008  # ...and is at most this thick (fraction of the longer side, >= 3 px): a digit is neither
-RULE_RUN = 1 / 12  # straight runs this long (fraction of the side) are the seeds of lines
+LIGHT_KERNEL = 1 / 20  # of the longer side, the least width of the closing that finds the paper (which is
+# 2.5 times the widest strokes): wide enough for any pen, narrow enough to follow a curved shadow's edge
+RULE_SPAN = 0.6  # a ruled line is straight over at least this fraction of the frame's shorter side...
+RULE_THICK = 0.02  # ...and at most this thick, blur included (fraction of the longer side, >= 3 px)
+RULE_DARKER = 1.4  # pen ink on a rule is kept when the pen's ink is this much stronger than the print
 SPECK = 0.04  # components under this fraction of the largest are specks
 BLOB_FILL, BLOB_DEPTH, BLOB_ASPECT = 0.6, 0.6, 2.5  # a blob fills this much of its box, is this thick for
 # its shorter side, and is no longer than this for its width: a stain or a thumb (a 6 with its loop inked in
@@ -142,6 +143,18 @@ def light_on_dark(grey: np.ndarray) -> np.ndarray:
     return np.clip(smooth - ground, 0, 1)
 
 
+def dark_ink(grey: np.ndarray) -> bool:
+    """Is the ink darker than the paper? Thin dark features (a black top-hat) against thin bright
+    ones, on a small copy: a shadow's edge or the desk is neither, whatever the frame's edge shows."""
+    s = SHEET_SIDE / max(grey.shape)
+    small = cv2.resize(grey, (max(1, round(grey.shape[1] * s)), max(1, round(grey.shape[0] * s))),
+                       interpolation=cv2.INTER_AREA) if s < 1 else grey
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (odd(max(small.shape) / 20),) * 2)
+    dark = cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, kernel)
+    bright = cv2.morphologyEx(small, cv2.MORPH_TOPHAT, kernel)
+    return float(np.square(dark).sum()) >= float(np.square(bright).sum())
+
+
 def noise_level(strength: np.ndarray) -> float:
     """The paper's noise: a robust spread of neighbour differences (edges and ink are outliers)."""
     diff = np.diff(strength[::3], axis=1)[:, ::3]
@@ -151,71 +164,84 @@ def noise_level(strength: np.ndarray) -> float:
 # ------------------------------------------------------------------- ruled lines
 
 
-def rule_lines(mask: np.ndarray) -> np.ndarray:
-    """The pixels of ruled lines and grid lines in an ink mask (bool (H, W) -> bool (H, W)).
+def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels of ruled lines and grid lines in an ink mask: bool (H, W) -> (the rules that run
+    across, the rules that run down), each bool (H, W).
 
-    A rule is long and thin: straight runs of at least RULE_RUN of the side (found by an opening,
-    on a mask thickened across the line so a slight tilt still gives runs) are joined along the
-    line; one that spans RULE_SPAN of the sheet, and is thinner than RULE_THICK, is a rule. Its
-    pixels are those within its thickness of the fitted straight line.
+    A rule runs straight across the sheet, at any tilt the camera gave it: a probabilistic Hough
+    transform finds segments spanning at least RULE_SPAN of the frame (a digit's strokes are far
+    shorter). A rule's pixels are those within its own thickness, measured across it, of the
+    segment's straight line; a segment too thick for a printed rule is left alone.
     """
-    return _lines(mask, axis=1) | _lines(mask.T, axis=1).T
-
-
-def _lines(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Horizontal lines only (the caller transposes for vertical ones)."""
     h, w = mask.shape
     m = mask.astype(np.uint8)
-    run = odd(RULE_RUN * w)
+    across, down = np.zeros_like(mask), np.zeros_like(mask)
+    span = RULE_SPAN * min(h, w)
+    segments = cv2.HoughLinesP(m, 1, np.pi / 360, threshold=int(span * 0.6), minLineLength=int(span),
+                               maxLineGap=max(3, int(0.02 * max(h, w))))
+    if segments is None:
+        return across, down
     thick = max(3.0, RULE_THICK * max(h, w))
-    across = cv2.dilate(m, np.ones((5, 1), np.uint8))  # tolerates about 2 px of rise per run
-    seeds = cv2.morphologyEx(across, cv2.MORPH_OPEN, np.ones((1, run), np.uint8)) & m
-    out = np.zeros_like(mask)
-    if cv2.countNonZero(seeds) < RULE_SPAN * w / 2:  # plain paper: no line to look for
-        return out
-    joined = cv2.dilate(seeds, np.ones((3, run), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
-    for i in range(1, n):
-        x, y, bw, bh = stats[i, :4]
-        if bw < RULE_SPAN * w:
+    band = np.zeros_like(m)
+    for x0, y0, x1, y1 in segments.reshape(-1, 4).astype(np.float64):
+        length = math.hypot(x1 - x0, y1 - y0)
+        ux, uy = (x1 - x0) / length, (y1 - y0) / length
+        band[:] = 0
+        cv2.line(band, (int(x0), int(y0)), (int(x1), int(y1)), 1, thickness=int(2 * thick + 3))
+        ys, xs = np.nonzero(band)
+        dist = np.abs((xs - x0) * uy - (ys - y0) * ux)  # across the line
+        inked = m[ys, xs].astype(bool)
+        half = _half_width(dist, inked)
+        if 2 * half > thick + 3:  # too thick for a printed rule: a stroke of a large digit
             continue
-        ys, xs = np.nonzero(seeds[y:y + bh, x:x + bw] & (labels[y:y + bh, x:x + bw] == i))
-        if len(xs) < RULE_SPAN * w / 2:
-            continue
-        # Least squares is enough: the seeds are runs along the line, already free of the digit's curves.
-        vx, vy, cx, cy = cv2.fitLine(np.column_stack([xs + x, ys + y])[::3].astype(np.float32),
-                                     cv2.DIST_L2, 0, 0.01, 0.01).ravel()
-        dist = np.abs((xs + x - cx) * vy - (ys + y - cy) * vx)
-        half = 2 * float(np.median(dist)) + 1.0  # a uniform band of width t has median |distance| t/4
-        if 2 * half > thick + 2:  # too thick for a printed rule: a stroke of a large digit
-            continue
-        y0, y1 = max(0, int(y - 2 * half)), min(h, int(y + bh + 2 * half) + 1)
-        yy, xx = np.mgrid[y0:y1, 0:w]
-        near = np.abs((xx - cx) * vy - (yy - cy) * vx) <= half
-        out[y0:y1] |= near & mask[y0:y1]
+        near = inked & (dist <= half + 1.5)  # and its blurred skirts
+        (across if abs(ux) >= abs(uy) else down)[ys[near], xs[near]] = True
+    return across, down
+
+
+def _half_width(dist: np.ndarray, inked: np.ndarray) -> float:
+    """How far from its centre a line's ink reaches, from the share of inked pixels at each distance:
+    the line is where that share stands well above the paper's speckle further out."""
+    bins = np.minimum(dist.astype(int), int(dist.max()))
+    share = np.bincount(bins, inked) / np.maximum(np.bincount(bins), 1)
+    outside = float(np.median(share[-3:]))
+    line = share > outside + 0.5 * (share[0] - outside)
+    return float(np.argmin(line) if not line.all() else len(line)) + 1.0
+
+
+def remove_rules(mask: np.ndarray, rules: tuple[np.ndarray, np.ndarray], strength: np.ndarray,
+                 level: float) -> np.ndarray:
+    """The ink mask without its rules, with the strokes that crossed a rule joined again.
+
+    A stroke crossing a rule that runs across is ink just above and just below it: a closing
+    down the page bridges the gap, and only rule pixels that it fills come back (and likewise,
+    sideways, for rules that run down the page). A stroke written along a rule (a 2's base on
+    a line) is told from it by its darker ink: pen ink of strength `level` over a fainter print.
+    """
+    across, down = rules
+    both = across | down
+    if not both.any():
+        return mask
+    rest = (mask & ~both).astype(np.uint8)
+    out = rest.astype(bool)
+    for lines, vertical in ((across, True), (down, False)):
+        if lines.any():
+            k = odd(max(5.0, 3 * _thickness(lines)))
+            # Only ink that reaches away from the rule bridges it, not the rule's own frayed edges; the
+            # bridge is half as wide as it is long, for strokes that cross the rule at a slant.
+            reach, bridge = ((5, 1), (k, k // 2 + 1)) if vertical else ((1, 5), (k // 2 + 1, k))
+            reaching = cv2.morphologyEx(rest, cv2.MORPH_OPEN, np.ones(reach, np.uint8))
+            out |= lines & cv2.morphologyEx(reaching, cv2.MORPH_CLOSE, np.ones(bridge, np.uint8)).astype(bool)
+    printed = float(np.percentile(strength[both], 90))
+    if level > RULE_DARKER * printed:
+        out |= mask & both & (strength > (printed + level) / 2)
     return out
 
 
-def remove_rules(mask: np.ndarray, rules: np.ndarray) -> np.ndarray:
-    """The ink mask without its rules, with the strokes that crossed a rule joined again.
-
-    A stroke crossing a horizontal rule is ink just above and just below it: a closing along the
-    stroke's direction (vertical for a horizontal rule) bridges the gap, and only rule pixels that
-    it fills come back. Horizontal and vertical rules are handled alike.
-    """
-    rest = (mask & ~rules).astype(np.uint8)
-    if not rules.any():
-        return mask
-    k = odd(max(5.0, 3 * _thickness(rules)))
-    bridged = cv2.morphologyEx(rest, cv2.MORPH_CLOSE, np.ones((k, 1), np.uint8))
-    bridged |= cv2.morphologyEx(rest, cv2.MORPH_CLOSE, np.ones((1, k), np.uint8))
-    return rest.astype(bool) | (rules & bridged.astype(bool))
-
-
 def _thickness(lines: np.ndarray) -> float:
-    """Mean thickness of (mostly straight) lines: area over length."""
-    length = max(np.count_nonzero(lines.any(0)), np.count_nonzero(lines.any(1)), 1)
-    return float(lines.sum()) / length
+    """A typical thickness of thin lines: twice their deeper pixels' distance to the paper."""
+    depth = cv2.distanceTransform(lines.astype(np.uint8), cv2.DIST_L2, 3)[lines]
+    return 2 * float(np.percentile(depth, 90))
 
 
 # ------------------------------------------------------------------- choosing the digit
@@ -264,7 +290,7 @@ def choose(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, several: boo
     cx, cy = x + bw / 2, y + bh / 2
     border = (x <= 1) | (y <= 1) | (x + bw >= w - 1) | (y + bh >= h - 1)
     off = np.hypot((cx - w / 2) / w, (cy - h / 2) / h)
-    score = np.where(keep, area * np.exp(-(off / 0.35) ** 2) * np.where(border, 0.2, 1.0), -1)
+    score = np.where(keep, area * np.exp(-(off / 0.35) ** 2) * np.where(border, 0.02, 1.0), -1)
     if score.max() <= 0:
         return np.zeros(len(stats), bool)
     chosen = np.zeros(len(stats), bool)

@@ -183,7 +183,7 @@ def find_ink(img: Image.Image, several: bool = False) -> Page | None:
     # nothing to denoise and no lighting to model, and skipping both saves most of the time here.
     paper = 1 - border if invert else border
     if np.count_nonzero(x == paper) * 2 <= x.size:
-        return _photo_ink(img, full, invert, several)
+        return _photo_ink(img, full, several)
     d = x - paper
     peak = float(d.max())
     if peak < MIN_CONTRAST:
@@ -203,19 +203,21 @@ def find_ink(img: Image.Image, several: bool = False) -> Page | None:
     return Page(full, invert, f, d, np.full_like(d, paper), level, threshold, lut[labels], int(keep.sum()))
 
 
-def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) -> Page | None:
+def _photo_ink(img: Image.Image, full: np.ndarray, several: bool) -> Page | None:
     """The photo steps of `photo.py`, on a working copy at most WORK_SIDE pixels on a side."""
     rgb = _rgb(img, full)
     s = WORK_SIDE / max(rgb.shape[:2])
     if s < 1:
         rgb = cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_AREA)
     outside = None
-    if invert:  # dark ink on paper: a sheet on a desk is flattened, or the desk around it ignored
-        sheet = photo.find_sheet(rgb)
-        if sheet is not None and sheet[1] is not None:
-            rgb = photo.flatten_sheet(rgb, sheet[1])
-        elif sheet is not None:
-            outside = cv2.dilate((~sheet[0]).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    # A sheet on a desk is flattened (or, when its outline is no clean quadrilateral, the desk around
+    # it ignored); the ink on it is dark, whatever the frame's edge, which is the desk, suggests.
+    sheet = photo.find_sheet(rgb)
+    if sheet is not None and sheet[1] is not None:
+        rgb = photo.flatten_sheet(rgb, sheet[1])
+    elif sheet is not None:
+        outside = cv2.dilate((~sheet[0]).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    if sheet is not None or photo.dark_ink(photo.ink_channel(rgb)):
         strength = photo.even_light(photo.ink_channel(rgb))
     else:
         strength = photo.light_on_dark(rgb.max(axis=2).astype(np.float32) / 255)
@@ -225,14 +227,16 @@ def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) 
     peak = float(np.percentile(strength[::2, ::2], 99.9))  # the strongest ink, less a few outliers
     if peak < max(MIN_CONTRAST, NOISE_PEAK * noise):
         return None
-    loose = strength > max(NOISE_INK * noise, 0.25 * THRESH * peak)
-    kept = photo.remove_rules(loose, photo.rule_lines(loose))
-    strength = np.where(kept, strength, 0).astype(np.float32)
-    level = float(np.percentile(strength[strength > 0.3 * peak], LEVEL_PCT)) if (strength > 0.3 * peak).any() else 0
-    threshold = max(THRESH * level, NOISE_INK * noise)
-    if level <= 0:
+    across, down = photo.rule_lines(strength > max(NOISE_INK * noise, 0.25 * THRESH * peak))
+    rules = across | down
+    strong = (strength > 0.3 * peak) & ~rules
+    if not strong.any():
         return None
-    labels, stats, widths = photo.components(strength > threshold)
+    level = float(np.percentile(strength[strong], LEVEL_PCT))
+    threshold = max(THRESH * level, NOISE_INK * noise)
+    ink = photo.remove_rules(strength > threshold, (across, down), strength, level)
+    strength = np.where(rules & ~ink, 0, strength).astype(np.float32)  # the rules' grey levels go too
+    labels, stats, widths = photo.components(ink)
     chosen = photo.choose(labels, stats, photo.stroke_like(stats, widths, labels.shape), several)
     longest = np.maximum(stats[:, 2], stats[:, 3])
     if not (chosen & (longest >= max(MIN_SIDE * max(labels.shape), 3))).any():  # only dust: no digit
