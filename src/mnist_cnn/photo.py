@@ -19,13 +19,14 @@ import numpy as np
 
 SHEET_SIDE = 256  # the sheet is looked for on a copy this big: its outline is a large feature
 SHEET_MIN, SHEET_MAX = 0.12, 0.96  # as a fraction of the frame: smaller is no sheet, larger is no desk
-DESK_DARK = 0.65  # of the paper's lightness (L*; 0.3 of its luminance): darker is desk, even beside a shadow
+DESK_DARK = 0.5  # of the paper's lightness (L*; 0.15 of its luminance): darker is desk (a hard shadow can reach 0.6)
 DESK_CHROMA = 14.0  # Lab chroma units from the paper's own colour: a wooden desk, a coloured mat
 LIGHT_KERNEL = 1 / 20  # of the longer side, the least width of the closing that finds the paper (which is
 # 2.5 times the widest strokes): wide enough for any pen, narrow enough to follow a curved shadow's edge
 RULE_SPAN = 0.6  # a ruled line is straight over at least this fraction of the frame's shorter side...
 RULE_THICK = 0.02  # ...and at most this thick, blur included (fraction of the longer side, >= 3 px)
 RULE_DARKER = 1.4  # pen ink on a rule is kept when the pen's ink is this much stronger than the print
+INK_CONTRAST = 0.06  # ink stands at least this far from the paper (of full scale), to tell its polarity
 SPECK = 0.04  # components under this fraction of the largest are specks
 BLOB_FILL, BLOB_DEPTH, BLOB_ASPECT = 0.6, 0.6, 2.5  # a blob fills this much of its box, is this thick for
 # its shorter side, and is no longer than this for its width: a stain or a thumb (a 6 with its loop inked in
@@ -95,10 +96,10 @@ def flatten_sheet(img: np.ndarray, corners: np.ndarray, margin: float = 0.015) -
 
 
 def ink_channel(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W) float32 in [0, 1]: the darkest channel, where ink of any colour
-    stands out most (blue ink is darkest in red, red ink in green and blue)."""
-    r, g, b = cv2.split(rgb)
-    return cv2.min(cv2.min(r, g), b).astype(np.float32) / 255
+    """(H, W, 3) uint8 -> (H, W) float32 in [0, 1]: luma, where ink of every colour shows. (The darkest
+    channel shows coloured ink better, but a JPEG keeps colour at half resolution, in blocks that
+    a shadow's strong colour turns into false ink.)"""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
 
 
 def even_light(grey: np.ndarray) -> np.ndarray:
@@ -152,7 +153,8 @@ def dark_ink(grey: np.ndarray) -> bool:
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (odd(max(small.shape) / 20),) * 2)
     dark = cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, kernel)
     bright = cv2.morphologyEx(small, cv2.MORPH_TOPHAT, kernel)
-    return float(np.square(dark).sum()) >= float(np.square(bright).sum())
+    # Features that stand clear of the paper's grain; dark ink, by far the commoner, unless bright clearly wins.
+    return float(dark[dark > INK_CONTRAST].sum()) * 2 >= float(bright[bright > INK_CONTRAST].sum())
 
 
 def noise_level(strength: np.ndarray) -> float:
