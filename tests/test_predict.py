@@ -51,7 +51,8 @@ def shipped():
 
 
 def test_predictions_from_logits_with_topk_and_unsure():
-    x = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    x = torch.zeros(5, 28, 28, dtype=torch.uint8)  # strokes of five brightnesses: five different classes
+    x[:, 4:24, 12:16] = torch.tensor([140, 170, 200, 230, 250], dtype=torch.uint8)[:, None, None]
     model = Recorder()
     preds = Predictor(model, META, topk=3).predict_arrays(x)
     assert torch.equal(model.inputs[0], to_float(x, META["mean"], META["std"]))  # THE normalization
@@ -66,6 +67,22 @@ def test_predictions_from_logits_with_topk_and_unsure():
     assert all(p.status == "unsure" and p.digit is None and p.topk for p in unsure)
     with pytest.raises(ValueError):
         Predictor(Recorder(), META, min_confidence=1.5)
+
+
+def test_ink_unlike_any_digit_is_unsure_whatever_the_network_says(test_split):
+    x, _ = test_split
+    blob = torch.zeros(28, 28, dtype=torch.uint8)
+    blob[4:24, 6:22] = 255  # a solid patch, as a blob comes out of the 20x20 box
+    line = torch.zeros(28, 28, dtype=torch.uint8)
+    line[13:15, 2:26] = 255
+    specks = torch.zeros(28, 28, dtype=torch.uint8)
+    for y, x0 in [(5, 5), (5, 20), (20, 5), (20, 20), (12, 12)]:
+        specks[y:y + 2, x0:x0 + 2] = 255
+    preds = Predictor(Recorder(), META).predict_arrays(torch.stack([blob, line, specks]))
+    assert [p.status for p in preds] == ["unsure"] * 3 and all(p.digit is None for p in preds)
+    assert ["blob" in preds[0].reason, "too wide" in preds[1].reason, "pieces" in preds[2].reason] == [True] * 3
+    doubted = sum(preprocess.doubt(d) is not None for d in x[:2000])
+    assert doubted <= 10  # at most 0.5% of real digits
 
 
 def test_empty_images_are_reported_not_guessed():
@@ -188,7 +205,7 @@ def test_cli_stdin_unsure_and_text(inputs, capsys, monkeypatch):
     code, out, _ = run_cli(["-"], capsys, stdin=raw, monkeypatch=monkeypatch)
     assert code == 0 and out.startswith(f"-: {labels[1]}  (p=")
     code, out, _ = run_cli(["-", "--min-confidence", "1.0"], capsys, stdin=raw, monkeypatch=monkeypatch)
-    assert code == 0 and out.startswith(f"-: unsure  (best guess {labels[1]} at")
+    assert code == 0 and out.startswith("-: unsure: its best probability") and f"(best guess {labels[1]} at" in out
 
 
 def test_cli_bad_inputs_fail_per_file_and_the_batch_goes_on(inputs, capsys):

@@ -354,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="text", choices=["text", "json", "csv"],
                    help="text for people; json (one object per line) or csv for programs")
     p.add_argument("--topk", type=int_in(1, 10), default=3, metavar="K", help="alternatives to show (default 3)")
-    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
-                   help='answer "unsure" when the best probability is below P (default 0: always answer)')
+    p.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
+                   help='answer "unsure" when the best probability is below P (default 0.5; 0: answer '
+                   'whenever the ink looks like a digit)')
     p.add_argument("--save-processed", type=Path, metavar="DIR", help="write the 28x28 images the network saw")
     p.add_argument("--multi", action="store_true", help="read a number of several digits, left to right")
     p.set_defaults(func=cmd_predict)

@@ -22,18 +22,23 @@ from . import checkpoint, preprocess, segment
 from .augment import to_float
 
 
+MIN_CONFIDENCE = 0.5  # below this calibrated probability the answer is "unsure" (0.2% of MNIST's test digits)
+
+
 @dataclass
 class Prediction:
     digit: int | None  # None when the image is empty or the answer is unsure
     probability: float  # of the most likely digit (0 when empty)
     probabilities: list[float]  # softmax over the 10 classes ([] when empty)
     topk: list[tuple[int, float]]  # the k most likely digits, most likely first
-    status: str  # "ok", "empty" (no ink found) or "unsure" (below --min-confidence)
+    status: str  # "ok", "empty" (no ink found) or "unsure" (below --min-confidence, or `reason`)
     processed: torch.Tensor | None = field(default=None, repr=False)  # the (28, 28) uint8 the network saw
+    reason: str | None = None  # why the answer is unsure, for a person
 
     def to_dict(self) -> dict:
         return {"digit": self.digit, "probability": self.probability, "probabilities": self.probabilities,
-                "topk": [{"digit": d, "probability": p} for d, p in self.topk], "status": self.status}
+                "topk": [{"digit": d, "probability": p} for d, p in self.topk], "status": self.status,
+                "reason": self.reason}
 
     def describe(self) -> str:
         """One line for a person: the digit, how sure, and the alternatives."""
@@ -41,7 +46,8 @@ class Prediction:
             return "empty (no ink found)"
         top = ", ".join(f"{d} {p:.3f}" for d, p in self.topk)
         if self.status == "unsure":
-            return f"unsure  (best guess {self.topk[0][0]} at {self.probability:.3f}; top-{len(self.topk)}: {top})"
+            return (f"unsure: {self.reason}  (best guess {self.topk[0][0]} at {self.probability:.3f}; "
+                    f"top-{len(self.topk)}: {top})")
         return f"{self.digit}  (p={self.probability:.3f}; top-{len(self.topk)}: {top})"
 
     def csv_row(self) -> list:
@@ -84,7 +90,7 @@ class Predictor:
     `model` is any callable from normalized float (B, 1, 28, 28) to logits (B, 10) on its device.
     """
 
-    def __init__(self, model, meta: dict, min_confidence: float = 0.0, topk: int = 3):
+    def __init__(self, model, meta: dict, min_confidence: float = MIN_CONFIDENCE, topk: int = 3):
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be between 0 and 1, not {min_confidence}")
         self.model, self.meta = model, meta
@@ -120,10 +126,11 @@ class Predictor:
     def _prediction(self, probs: torch.Tensor, processed: torch.Tensor) -> Prediction:
         top_p, top_i = probs.topk(self.topk)
         best, p = int(top_i[0]), float(top_p[0])
-        sure = p >= self.min_confidence
-        return Prediction(digit=best if sure else None, probability=p, probabilities=probs.tolist(),
+        reason = preprocess.doubt(processed) or (
+            f"its best probability, {p:.4g}, is below {self.min_confidence:g}" if p < self.min_confidence else None)
+        return Prediction(digit=None if reason else best, probability=p, probabilities=probs.tolist(),
                           topk=[(int(i), float(q)) for i, q in zip(top_i, top_p)],
-                          status="ok" if sure else "unsure", processed=processed)
+                          status="unsure" if reason else "ok", processed=processed, reason=reason)
 
     def predict_image(self, img: Image.Image) -> Prediction:
         """One digit in any image -> Prediction (status "empty" when there is no ink)."""
