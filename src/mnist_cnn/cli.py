@@ -226,7 +226,7 @@ def cmd_predict(args) -> int:
             raise ValueError(f"--save-processed {args.save_processed}: {exc.strerror or exc}") from None
     try:
         failed, total = _print_predictions(args, predictor, predict_inputs(
-            predictor, iter_inputs(args.paths, sys.stdin.buffer), multi=args.multi))
+            predictor, iter_inputs(args.paths, getattr(sys.stdin, "buffer", None)), multi=args.multi))
     except BrokenPipeError:  # `mnist-cnn predict ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -247,19 +247,27 @@ def _print_predictions(args, predictor, results) -> tuple[int, int]:
     for result in results:
         total += 1
         pred, failed = result.prediction, failed + (result.error is not None)
+        name = printable(result.name, sys.stdout.encoding)
         if pred is not None and args.save_processed:
             save_processed(args.save_processed, result.name, pred, used)
         if args.format == "json":
             body = {"status": "error", "error": result.error} if pred is None else pred.to_dict()
-            print(json.dumps({"path": result.name, **body}), flush=True)
+            print(json.dumps({"path": name, **body}), flush=True)
         elif writer:
-            writer.writerow([result.name, "error", "", "", "", result.error] if pred is None
-                            else [result.name, *pred.csv_row(), ""])
+            writer.writerow([name, "error", "", "", "", result.error] if pred is None
+                            else [name, *pred.csv_row(), ""])
         elif pred is None:
-            print(f"{result.name}: error: {result.error}", file=sys.stderr, flush=True)
+            print(f"{name}: error: {result.error}", file=sys.stderr, flush=True)
         else:
-            print(f"{result.name}: {pred.describe()}", flush=True)
+            print(f"{name}: {pred.describe()}", flush=True)
     return failed, total
+
+
+def printable(name: str, encoding: str | None) -> str:
+    """A path as the terminal can show it: bytes that are not text in a file name become \\xNN escapes."""
+    text = os.fsencode(name).decode(sys.getfilesystemencoding(), "backslashreplace")
+    encoding = encoding or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
 # ------------------------------------------------------------------- parser
