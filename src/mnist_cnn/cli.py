@@ -205,9 +205,13 @@ def cmd_serve(args) -> int:
           + (f", test accuracy {acc:.2f}%" if acc is not None else "") + f"), {args.workers} worker(s)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}, reachable from other machines", flush=True)
+    hosts = serve.guards.allowed_hosts(args.host, args.allowed_host)
+    if hosts is None:
+        print("note: answering for any Host header; pass --allowed-host NAME for the names clients use", flush=True)
     print(f"open http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/ "
           "(Ctrl+C stops)", flush=True)
-    serve.run(predictor, options, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    serve.run(predictor, options, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+              allowed_hosts=hosts)
     return 0
 
 
@@ -343,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: shipped model)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME", help="a Host name clients (or a reverse "
+                   "proxy) use to reach the server; repeatable, '*' for any (default: loopback names and --host)")
     p.add_argument("--port", type=int_in(1, 65535), default=8000)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
                    help="torch backend device (default cpu: fastest for one image at a time)")
