@@ -559,3 +559,14 @@ def test_idle_connections_are_closed_so_they_cannot_lock_everyone_out(predictor)
             sock.close()
         server.should_exit = True
         thread.join(15)
+
+
+def test_onnx_backend_refuses_a_model_that_cannot_work(predictor, tmp_path, monkeypatch, capsys):
+    from mnist_cnn import export
+
+    monkeypatch.setattr(serve, "run", lambda *a, **kw: pytest.fail("started serving a broken model"))
+    raw = tmp_path / "raw.onnx"
+    export.to_onnx(predictor.model, raw)
+    export.write_with_contract(raw, tmp_path / "std0.onnx", {**predictor.meta, "std": 0.0})
+    assert main(["serve", "--backend", "onnx", "--model", str(tmp_path / "std0.onnx")]) == 1
+    assert "std must be in" in capsys.readouterr().err
