@@ -515,13 +515,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_idle_connections_are_closed_so_they_cannot_lock_everyone_out(predictor):
+@pytest.mark.parametrize("parser", ["PROTOCOL", "GuardedH11"])  # uvicorn's choice (httptools), and h11
+def test_idle_connections_are_closed_so_they_cannot_lock_everyone_out(predictor, parser):
     """300 sockets that never finish their headers once gave every request 503 for as long as they stayed open."""
     import uvicorn
 
     from mnist_cnn import guards
 
-    quick = type("QuickHeaderTimeout", (guards.PROTOCOL,), {"header_timeout_s": 1.5})
+    quick = type("QuickHeaderTimeout", (getattr(guards, parser),), {"header_timeout_s": 1.5})
     port = _free_port()
     options = {**serve.server_options(serve.Limits()), "http": quick}
     server = uvicorn.Server(uvicorn.Config(serve.create_app(predictor), host="127.0.0.1", port=port,
@@ -554,6 +555,17 @@ def test_idle_connections_are_closed_so_they_cannot_lock_everyone_out(predictor)
         assert all(s.recv(1) == b"" for s in idle[:10])  # closed by the server
         r = httpx.post(f"http://127.0.0.1:{port}/api/predict", json={"pixels": [[0] * 28] * 28}, timeout=10)
         assert r.status_code == 200 and r.json()["status"] in ("ok", "unsure")
+        # A keep-alive client that keeps asking is never cut off (each response restarts the clock)...
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        idle.append(sock)
+        for _ in range(4):  # 2 s of requests, longer than the header timeout
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(0.5)
+        # ...but a partial next request (which stops uvicorn's own keep-alive timer) is closed.
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        assert sock.recv(1) == b"" and time.monotonic() - t0 < 5
     finally:
         for sock in idle:
             sock.close()

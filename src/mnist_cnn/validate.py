@@ -18,7 +18,9 @@ import torch
 from . import models
 from .augment import to_float
 
-MAX_SIZE = 4096  # any integer architecture argument (channels, units): larger is a crafted file
+# Sizes cost nothing to check (the shapes are compared on the meta device, against the header);
+# these bounds only keep the meta build itself quick.
+MAX_SIZE = 65_536  # any integer architecture argument (channels, units)
 MAX_DEPTH = 64  # convs per stage: the only argument that multiplies modules (and time to build them)
 MAX_LIST = 8  # items in a list argument such as bnnet's widths
 MAX_MEMBERS = 32  # networks in an ensemble
