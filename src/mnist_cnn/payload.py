@@ -120,9 +120,10 @@ def _json_items(raw: bytes, batch: bool, limits: Limits) -> list:
     except ValueError:
         raise invalid("the body is not valid JSON") from None
     key, many = ("images", "pixels") if batch else ("image", "pixels")
-    for name in (key, many):  # count before converting: a body of 3,000 images is refused at once
-        if batch and isinstance(body, dict) and isinstance(body.get(name), list) and len(body[name]) > limits.max_batch:
-            raise _too_many(len(body[name]), limits)
+    for name in (key, many) if batch and isinstance(body, dict) else ():
+        values = body.get(name)  # count before converting: a body of 3,000 images is refused at once
+        if isinstance(values, list) and len(values) > limits.max_batch:
+            raise _too_many(len(values), limits)
     if isinstance(body, dict) and key in body:
         values = body[key]
         if not batch:
