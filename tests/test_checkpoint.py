@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 
 import pytest
 import torch
@@ -110,3 +112,94 @@ def test_cli_evaluate_refuses_corrupt_checkpoint(saved, tmp_path, capsys):
     bad.write_bytes(saved[0].read_bytes()[:50])
     assert cli.main(["evaluate", str(bad)]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def _crafted(tmp_path, model, meta, edit_weights=None, raw_meta=None):
+    """A checkpoint with `meta` (or raw metadata text) and optionally edited weights: a file from anywhere."""
+    from safetensors.torch import save
+
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    if edit_weights:
+        edit_weights(tensors)
+    path = tmp_path / "crafted.safetensors"
+    text = json.dumps(meta) if raw_meta is None else raw_meta
+    path.write_bytes(save(tensors, metadata={checkpoint.META_KEY: text}))
+    return path
+
+
+def _set_first_weight(value):
+    def edit(tensors):
+        next(v for v in tensors.values() if v.is_floating_point()).view(-1)[0] = value
+    return edit
+
+
+@pytest.mark.parametrize("change, edit, words", [
+    ({}, _set_first_weight(float("nan")), "NaN or infinite"),
+    ({}, _set_first_weight(float("inf")), "NaN or infinite"),
+    ({}, lambda t: t["head.weight"].fill_(3e38), "not finite"),  # finite weights whose outputs overflow
+    ({"std": 0.0}, None, "std must be"),
+    ({"temperature": 1e-300}, None, "temperature 1e-300 is outside"),
+    ({"mean": float("nan")}, None, "'mean' must be a finite number"),
+])
+def test_checkpoints_that_load_but_cannot_work_are_refused(saved, tmp_path, change, edit, words):
+    path, model, cfg = saved
+    crafted = _crafted(tmp_path, model, {**train.model_metadata(cfg), **change}, edit)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(words)):
+        checkpoint.load_model(crafted)
+
+
+@pytest.mark.parametrize("meta, words", [
+    ([1], "must be a JSON object, not list"),
+    ("x", "must be a JSON object, not str"),
+    ({"mean": "0.1"}, "'mean' must be a finite number, not '0.1'"),
+    ({"temperature": "1"}, "'temperature' must be a finite number"),
+    ({"std": True}, "'std' must be a finite number"),
+    ({"arch": ["bnnet"]}, "unknown architecture ['bnnet']"),
+    ({"arch_args": [1]}, "'arch_args' must be an object"),
+    ({"arch_args": {"widths": "16"}}, "cannot build architecture"),
+    ({"arch_args": {"widths": [16, 32, 10**9]}}, "'widths' = [16, 32, 1000000000] is not a plausible"),
+    ({"arch_args": {"widths": [16, 32, 64], "depth": 10**5}}, "'depth' = 100000 is not a plausible"),
+    ({"arch_args": {"widths": [[16]]}}, "is not a plausible"),
+    ({"arch": "ensemble", "arch_args": {"members": [{"arch": "ensemble"}]}}, "member 0 must be"),
+    ({"classes": "0123456789"}, "'classes' must list 10"),
+])
+def test_crafted_metadata_is_refused_without_a_traceback(saved, tmp_path, meta, words):
+    path, model, cfg = saved
+    meta = meta if not isinstance(meta, dict) else {**train.model_metadata(cfg), **meta}
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(words)):
+        checkpoint.load_model(_crafted(tmp_path, model, meta))
+
+
+def test_deeply_nested_metadata_is_invalid_json_not_a_recursion_error(saved, tmp_path):
+    path, model, _ = saved
+    with pytest.raises(checkpoint.CheckpointError, match="not valid JSON"):
+        checkpoint.load_model(_crafted(tmp_path, model, None, raw_meta="[" * 100_000))
+
+
+def test_huge_architecture_is_refused_from_the_header_before_anything_is_allocated(saved, tmp_path,
+                                                                                   monkeypatch):
+    """widths [4096]*3 on a small file once allocated 1.4 GB over 5.5 s before the shapes were compared."""
+    path, model, cfg = saved
+    meta = {**train.model_metadata(cfg), "arch_args": {**cfg.model_args, "widths": [4096] * 3}}
+    crafted = _crafted(tmp_path, model, meta)
+    real_build = checkpoint.models.build_model
+
+    def build(*args, **kwargs):  # only meta-device (storage-free) builds may happen for this file
+        model = real_build(*args, **kwargs)
+        assert all(p.is_meta for p in model.parameters()), "built real weights for a mismatched file"
+        return model
+
+    monkeypatch.setattr(checkpoint.models, "build_model", build)
+    with pytest.raises(checkpoint.CheckpointError, match=r"has shape \[16, 1, 3, 3\] in the file, the "
+                                                         r"architecture needs \[4096, 1, 3, 3\]"):
+        checkpoint.load_model(crafted)
+
+
+def test_cli_predict_refuses_a_nan_checkpoint_in_one_line(saved, tmp_path, capsys):
+    from mnist_cnn import cli
+
+    path, model, cfg = saved
+    crafted = _crafted(tmp_path, model, train.model_metadata(cfg), _set_first_weight(float("nan")))
+    assert cli.main(["predict", "--model", str(crafted), "--format", "json", str(path)]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("error: ") and "NaN" in out.err and out.err.count("\n") == 1

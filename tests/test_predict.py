@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +271,65 @@ def test_shipped_model_loads_with_its_metadata(shipped):
     assert shipped.meta["mean"] and shipped.meta["std"] and len(shipped.meta["classes"]) == 10
     assert checkpoint.default_model_path().exists()
     assert predict.Predictor.from_path(checkpoint.default_model_path()).meta["arch"] == shipped.meta["arch"]
+
+
+# ------------------------------------------------- paths that are not plain files
+
+
+def test_a_looping_link_in_a_folder_fails_alone(inputs, capsys, tmp_path):
+    folder, labels = inputs
+    (tmp_path / "a.png").write_bytes((folder / "digit0_7.png").read_bytes())
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    code, out, err = run_cli([tmp_path, tmp_path / "loop.png"], capsys)
+    assert code == 1 and out == f"{tmp_path / 'a.png'}: 7  (p=" + out.split("(p=", 1)[1]
+    assert err.count("loop.png: error: cannot read it: Too many levels of symbolic links") == 2
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_and_the_batch_goes_on(inputs, capsys, tmp_path):
+    folder, _ = inputs
+    raw = (folder / "digit0_7.png").read_bytes()
+    odd = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.png")  # Latin-1 bytes in a name, as old archives have
+    Path(odd).write_bytes(raw)
+    (tmp_path / "z.png").write_bytes(raw)
+    for fmt in ("text", "json", "csv"):
+        code, out, err = run_cli([tmp_path, "--format", fmt], capsys)
+        assert code == 0 and err == "" and len(out.splitlines()) == 2 + (fmt == "csv")
+        assert "caf\\xe9.png" in out.replace("\\\\", "\\") and "z.png" in out
+
+
+def test_a_closed_stdin_is_not_a_traceback(inputs, capsys, monkeypatch):
+    folder, _ = inputs
+    monkeypatch.setattr(sys, "stdin", None)  # `mnist-cnn predict x.png <&-`
+    code, out, _ = run_cli([folder / "digit0_7.png"], capsys)
+    assert code == 0 and ": 7  (p=" in out
+    code, _, err = run_cli(["-", folder / "digit0_7.png"], capsys)
+    assert code == 1 and "-: error: standard input is not available" in err
+    closed = io.BytesIO()
+    closed.close()
+    assert list(iter_inputs(["-"], closed)) == [("-", "cannot read standard input: I/O operation on closed file.")]
+
+
+def test_devices_and_fifos_cannot_bypass_the_size_limit_or_hang(inputs, capsys, monkeypatch, tmp_path):
+    folder, _ = inputs
+    fifo = tmp_path / "never.png"
+    os.mkfifo(fifo)  # no writer will ever open it
+    monkeypatch.setattr(predict, "READ_TIMEOUT_S", 0.3)
+    t0 = time.monotonic()
+    code, out, err = run_cli(["/dev/zero", fifo, folder / "digit0_7.png"], capsys)
+    assert time.monotonic() - t0 < 10 and code == 1 and ": 7  (p=" in out
+    assert "/dev/zero: error: the file is over 64 MiB; the limit is 64 MiB" in err
+    assert f"{fifo}: error: cannot read it: no end of data after 0.3 s" in err
+
+
+def test_read_bounded_reads_pipes_with_a_writer(tmp_path):
+    from mnist_cnn.files import TooBig, read_bounded
+
+    r, w = os.pipe()
+    os.write(w, b"x" * 1000)
+    os.close(w)
+    assert read_bounded(f"/dev/fd/{r}", 1000) == b"x" * 1000
+    os.close(r)
+    big = tmp_path / "big"
+    big.write_bytes(b"\0" * 3 * 2**20)
+    with pytest.raises(TooBig, match="the file is 3 MiB; the limit is 2 MiB"):
+        read_bounded(big, 2 * 2**20)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import warnings
 import zlib
@@ -367,3 +369,216 @@ def test_onnx_backend_serves_the_same_answers(predictor, digits, tmp_path):
     for r, e in zip(results, predictor.predict_arrays(x)):
         assert r["digit"] == e.digit
         np.testing.assert_allclose(r["probabilities"], e.probabilities, atol=1e-4)
+
+
+# ------------------------------------------------- abuse: statuses, parsing, origins, connections
+
+
+@pytest.mark.parametrize("path", ["/api/predict", "/api/predict/batch"])
+def test_deep_json_and_huge_integers_get_422_not_500(client, path):
+    many = "pixels"
+    deep = '{"%s": %s0%s}' % (many, "[" * 100_000, "]" * 100_000)  # past Python's recursion limit
+    r = client.post(path, content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "nested too deeply" in r.json()["detail"]
+    rows = [[0] * 28] * 28
+    huge = json.dumps({"pixels": rows if path == "/api/predict" else [rows]}).replace("0", "9" * 400, 1)
+    r = client.post(path, content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "numbers" in r.json()["detail"]
+
+
+def test_json_is_parsed_off_the_event_loop_and_counted_before_conversion(predictor, monkeypatch):
+    from mnist_cnn import payload
+
+    threads, converted = [], []
+    real_loads, real_pixels = payload.json.loads, payload._pixels
+    monkeypatch.setattr(payload.json, "loads", lambda raw: (len(raw) > 10**6 and threads.append(
+        threading.current_thread())) or real_loads(raw))  # json is shared: httpx parses small replies
+    monkeypatch.setattr(payload, "_pixels", lambda value, shape: converted.append(shape)
+                        or real_pixels(value, shape))
+    body = json.dumps({"pixels": [[[0] * 28] * 28] * 3000})  # 4.9 MB, under the body limit
+    app = serve.create_app(predictor)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            big = asyncio.create_task(c.post("/api/predict/batch", content=body,
+                                             headers={"content-type": "application/json"}))
+            await asyncio.sleep(0.01)
+            t0 = time.perf_counter()
+            health = await c.get("/healthz")
+            return await big, health, time.perf_counter() - t0
+
+    big, health, health_s = asyncio.run(go())
+    assert big.status_code == 413 and "3000 images" in big.json()["detail"] and converted == []
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()  # the loop runs in the main thread
+    assert health.status_code == 200 and health_s < 1.0
+
+
+def test_statuses_are_those_of_the_readme(predictor):
+    limits = serve.Limits(max_body_bytes=20_000, max_batch=3)
+    form = lambda n: [("file", (f"{i}.png", b"x", "image/png")) for i in range(n)]  # noqa: E731
+    with TestClient(serve.create_app(predictor, limits=limits)) as c:
+        def chunks():  # a chunked multipart body over the limit: 413 like any other body
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+            for _ in range(10):
+                yield b"\0" * 5_000
+        r = c.post("/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+        r = c.post("/api/predict/batch", files=form(4))  # too many files: 413, as for JSON
+        assert r.status_code == 413 and "the limit is 3" in r.json()["detail"]
+        assert c.post("/api/predict/batch", json={"images": ["x"] * 4}).status_code == 413
+    with TestClient(serve.create_app(predictor)) as c:  # 900 megapixels: the message says so
+        r = c.post("/api/predict", content=png_header(30_000, 30_000), headers={"content-type": "image/png"})
+        assert r.status_code == 413 and "has 900,000,000 pixels; the limit is 16,000,000" in r.json()["detail"]
+
+
+def test_a_slow_multipart_body_gets_408(predictor):
+    app = serve.create_app(predictor, limits=serve.Limits(body_timeout_s=0.1))
+    sent = []
+
+    async def receive():
+        await asyncio.sleep(10)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"", "root_path": "",
+             "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+             "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"100")]}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 5))
+    assert sent[0]["status"] == 408 and b"took over" in sent[1]["body"]
+
+
+def test_security_headers_on_every_response(client):
+    for r in (client.get("/healthz"), client.get("/"), client.get("/redoc"), client.post("/api/predict", json=1)):
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    page = client.get("/").headers["content-security-policy"]
+    assert "default-src 'self'" in page and "object-src 'none'" in page
+    redoc = client.get("/redoc").headers["content-security-policy"]  # ReDoc's bundle would load a CDN logo
+    assert "img-src 'self' data:;" in redoc and "default-src 'self'" in redoc
+
+
+def test_host_allow_list_blocks_dns_rebinding(predictor, digits):
+    from mnist_cnn import guards
+
+    app = serve.create_app(predictor, allowed_hosts=guards.allowed_hosts("127.0.0.1", ["digits.example.org"]))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "LOCALHOST", "digits.example.org"):
+            assert c.get("/healthz", headers={"host": host}).status_code == 200, host
+        for host in ("rebind.attacker.example:8000", "127.0.0.1.attacker.example", "", "[::1"):
+            r = c.get("/healthz", headers={"host": host})
+            assert r.status_code == 400 and "--allowed-host" in r.json()["detail"], host
+    assert guards.allowed_hosts("0.0.0.0") is None and guards.allowed_hosts("::1", ["*"]) is None
+    assert guards.allowed_hosts("0.0.0.0", ["a.org"]) == ["127.0.0.1", "localhost", "::1", "a.org"]
+
+
+def test_cross_origin_posts_are_refused_before_any_work(predictor, digits):
+    slow = SlowPredictor(predictor, delay=0)
+    body = {"pixels": digits[0][0].tolist()}
+    with TestClient(serve.create_app(slow), base_url="http://localhost:8000") as c:
+        for headers in ({"origin": "http://evil.example"}, {"origin": "null"},
+                        {"origin": "http://localhost:3000"},  # another port is another origin
+                        {"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"}):
+            r = c.post("/api/predict", json=body, headers=headers)
+            assert r.status_code == 403 and "cross-origin" in r.json()["detail"], headers
+        assert slow.batches == []
+        for headers in ({}, {"origin": "http://localhost:8000", "sec-fetch-site": "same-origin"},
+                        {"sec-fetch-site": "none"}):  # curl, the page itself, a typed-in URL
+            assert c.post("/api/predict", json=body, headers=headers).status_code == 200, headers
+        assert c.get("/healthz", headers={"origin": "http://evil.example"}).status_code == 200
+
+
+def test_cli_serve_passes_allowed_hosts_and_refuses_a_broken_model(tmp_path, capsys, monkeypatch):
+    from mnist_cnn import checkpoint, train
+    from mnist_cnn.recipes import get_config
+
+    calls = []
+    monkeypatch.setattr(serve, "run", lambda *a, **kw: calls.append(kw))
+    assert main(["serve", "--allowed-host", "digits.example.org"]) == 0
+    assert calls[-1]["allowed_hosts"] == ["127.0.0.1", "localhost", "::1", "digits.example.org"]
+    assert main(["serve", "--host", "0.0.0.0"]) == 0 and calls[-1]["allowed_hosts"] is None
+    assert "answering for any Host header" in capsys.readouterr().out
+    cfg = get_config("fast")
+    bad = tmp_path / "nan.safetensors"
+    model = train.build(cfg, "cpu")
+    with torch.no_grad():
+        model.head.bias[0] = float("nan")
+    checkpoint.save_model(bad, model, train.model_metadata(cfg))
+    assert main(["serve", "--model", str(bad)]) == 1 and len(calls) == 2  # refused before listening
+    assert "NaN or infinite" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("parser", ["PROTOCOL", "GuardedH11"])  # uvicorn's choice (httptools), and h11
+def test_idle_connections_are_closed_so_they_cannot_lock_everyone_out(predictor, parser):
+    """300 sockets that never finish their headers once gave every request 503 for as long as they stayed open."""
+    import uvicorn
+
+    from mnist_cnn import guards
+
+    quick = type("QuickHeaderTimeout", (getattr(guards, parser),), {"header_timeout_s": 1.5})
+    port = _free_port()
+    options = {**serve.server_options(serve.Limits()), "http": quick}
+    server = uvicorn.Server(uvicorn.Config(serve.create_app(predictor), host="127.0.0.1", port=port,
+                                           log_level="warning", **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    idle = []
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/healthz"
+        for i in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if i % 2:  # half send part of a request, half nothing at all
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            idle.append(sock)
+        time.sleep(0.3)  # let the server accept them all
+        assert httpx.get(url, timeout=5).status_code == 503  # the slots are full...
+        t0 = time.monotonic()
+        while True:  # ...until the header timeout frees them
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() - t0 < 15, "/healthz still refused 15 s after the idle sockets opened"
+            time.sleep(0.2)
+        assert all(s.recv(1) == b"" for s in idle[:10])  # closed by the server
+        r = httpx.post(f"http://127.0.0.1:{port}/api/predict", json={"pixels": [[0] * 28] * 28}, timeout=10)
+        assert r.status_code == 200 and r.json()["status"] in ("ok", "unsure")
+        # A keep-alive client that keeps asking is never cut off (each response restarts the clock)...
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        idle.append(sock)
+        for _ in range(4):  # 2 s of requests, longer than the header timeout
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(0.5)
+        # ...but a partial next request (which stops uvicorn's own keep-alive timer) is closed.
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        assert sock.recv(1) == b"" and time.monotonic() - t0 < 5
+    finally:
+        for sock in idle:
+            sock.close()
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_onnx_backend_refuses_a_model_that_cannot_work(predictor, tmp_path, monkeypatch, capsys):
+    from mnist_cnn import export
+
+    monkeypatch.setattr(serve, "run", lambda *a, **kw: pytest.fail("started serving a broken model"))
+    raw = tmp_path / "raw.onnx"
+    export.to_onnx(predictor.model, raw)
+    export.write_with_contract(raw, tmp_path / "std0.onnx", {**predictor.meta, "std": 0.0})
+    assert main(["serve", "--backend", "onnx", "--model", str(tmp_path / "std0.onnx")]) == 1
+    assert "std must be in" in capsys.readouterr().err

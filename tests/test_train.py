@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -121,6 +123,61 @@ def test_interrupted_run_keeps_its_last_epoch_checkpoint(small, tmp_path):
     model, meta = checkpoint.load_model(tmp_path)
     assert meta["config"]["recipe"] == "fast"
     assert json.loads((tmp_path / "history.json").read_text())["epochs"][0]["epoch"] == 1
+
+
+class _Kill(BaseException):
+    """A SIGKILL during a file write: the temporary file stays, nothing is cleaned up."""
+
+
+def _kill_at_write(monkeypatch, n: int):
+    """Make the n-th atomic write (0-based) die halfway, as a kill would; return the list of paths written."""
+    written = []
+    real = data.atomic_write
+
+    def write(path, raw):
+        if len(written) == n:
+            (path.parent / f".{path.name}.killed.tmp").write_bytes(raw[: len(raw) // 2])
+            raise _Kill
+        written.append(path.name)
+        real(path, raw)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", write)
+    monkeypatch.setattr(train, "atomic_write", write)
+    return written
+
+
+@pytest.mark.parametrize("kill_at", [3, 4, 5])  # epoch 2's model.safetensors, train_state, history.json
+def test_a_kill_during_any_checkpoint_write_loses_no_history(small, tmp_path, monkeypatch, kill_at):
+    cfg = get_config("fast", epochs=3)
+    written = _kill_at_write(monkeypatch, kill_at)
+    with pytest.raises(_Kill):
+        train.train(cfg, small, "cpu", tmp_path)
+    assert written[:3] == ["model.safetensors", "train_state.safetensors", "history.json"]
+    monkeypatch.undo()
+    _, history = train.train(cfg, small, "cpu", tmp_path, resume=True)
+    steps_per_epoch = len(small.train_x) // cfg.batch_size
+    on_disk = json.loads((tmp_path / "history.json").read_text())
+    for h in (dataclasses.asdict(history), on_disk):
+        assert [e["epoch"] for e in h["epochs"]] == [1, 2, 3]
+        assert [s["step"] for s in h["steps"]] == list(range(3 * steps_per_epoch))
+    assert not list(tmp_path.glob(".*.tmp"))  # the killed write's leftover is gone
+
+
+def test_train_seconds_add_up_over_resumed_segments(small, tmp_path):
+    cfg = get_config("fast", epochs=2)
+
+    def slow_first_epoch(row, model):
+        if row["epoch"] == 1:
+            time.sleep(1.0)  # segment 1 takes at least a second...
+        _stop_after_first_epoch(row, model)
+
+    with pytest.raises(_Crash):
+        train.train(cfg, small, "cpu", tmp_path, on_epoch=slow_first_epoch)
+    t0 = time.perf_counter()
+    _, history = train.train(cfg, small, "cpu", tmp_path, resume=True)
+    segment_2 = time.perf_counter() - t0
+    assert history.seconds > segment_2 + 1.0  # ...and it still counts after the resume
+    assert json.loads((tmp_path / "history.json").read_text())["seconds"] == history.seconds
 
 
 def test_smoke_train_on_real_subset_beats_threshold(mnist_dir, tmp_path):

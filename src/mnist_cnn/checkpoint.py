@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import models
+from . import models, validate
 from .data import CLASSES, SHA256, atomic_write
 
 FORMAT_VERSION = 1
@@ -78,25 +78,51 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> No
     atomic_write(Path(path), st_save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
 
-def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_header(raw: bytes, path: Path) -> tuple[dict[str, tuple[int, ...]], dict]:
+    """A safetensors file's tensor shapes and its "__metadata__" strings, read without loading any tensor."""
+    # The header is an 8-byte little-endian length, then JSON: {name: {dtype, shape, offsets}, "__metadata__"}.
+    header_len = int.from_bytes(raw[:8], "little")
+    try:
+        header = json.loads(raw[8:8 + header_len]) if 8 + header_len <= len(raw) else None
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+        raise CheckpointError(f"{path}: not a valid safetensors file (truncated or corrupt?)")
+    strings = header.pop("__metadata__", None) or {}
+    shapes = {name: tuple(info.get("shape", ())) for name, info in header.items()}
+    return shapes, strings if isinstance(strings, dict) else {}
+
+
+def parse_metadata(strings: dict, path: Path):
+    if META_KEY not in strings:
+        raise CheckpointError(f"{path}: has no {META_KEY!r} metadata; it was not written by mnist-cnn")
+    try:
+        return json.loads(strings[META_KEY])
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past Python's stack
+        raise CheckpointError(f"{path}: metadata is not valid JSON: {str(exc)[:80]}") from None
+
+
+def read_file(path: Path) -> bytes:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
-    raw = path.read_bytes()
+    return path.read_bytes()
+
+
+def decode_tensors(raw: bytes, path: Path) -> dict[str, torch.Tensor]:
     try:
-        tensors = st_load(raw)
-        # The header is an 8-byte little-endian length, then JSON with "__metadata__".
-        header_len = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
+        return st_load(raw)
     except (SafetensorError, ValueError, OSError) as exc:
         raise CheckpointError(f"{path}: not a valid safetensors file (truncated or corrupt?): {exc}") from None
-    if META_KEY not in header:
-        raise CheckpointError(f"{path}: has no {META_KEY!r} metadata; it was not written by mnist-cnn")
-    try:
-        meta = json.loads(header[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: metadata is not valid JSON: {exc}") from None
-    return tensors, meta
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, our JSON metadata) of a file written by `save_tensors`."""
+    path = Path(path)
+    raw = read_file(path)
+    _, strings = read_header(raw, path)
+    meta = parse_metadata(strings, path)
+    return decode_tensors(raw, path), meta
 
 
 def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:
@@ -108,20 +134,31 @@ def load_model(path: Path | str | None = None, device="cpu") -> tuple[torch.nn.M
     """Build the checkpoint's architecture, load its weights, return (eval-mode model, metadata).
 
     `path` may be a checkpoint file or a run folder; None means the shipped model. A
-    checkpoint with a "temperature" comes back wrapped in `models.Calibrated`.
+    checkpoint with a "temperature" comes back wrapped in `models.Calibrated`. Everything is
+    checked before it is used (metadata types and sizes, the architecture's tensor shapes
+    against the file's header, finite weights and outputs), so a file that loads also works.
     """
     path = Path(path) if path else default_model_path()
     if path.is_dir():
         path = path / WEIGHTS_NAME
-    tensors, meta = load_tensors(path)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {meta.get('format_version')!r}, "
-                              f"this mnist-cnn reads version {FORMAT_VERSION}")
+    raw = read_file(path)
+    shapes, strings = read_header(raw, path)
+    meta = parse_metadata(strings, path)
+    try:
+        validate.check_metadata(meta, FORMAT_VERSION)
+        validate.check_shapes(meta, shapes)  # before any real allocation: sizes come from the file
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    tensors = decode_tensors(raw, path)
     try:
         model = models.build_model(meta["arch"], **meta.get("arch_args", {}))
         model.load_state_dict(tensors, strict=True)
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not match architecture {meta.get('arch')!r}: "
                               f"{str(exc).splitlines()[0]}") from None
-    model = models.with_temperature(model, meta.get("temperature", 1.0))
-    return model.to(device).eval(), meta
+    model = models.with_temperature(model, meta.get("temperature", 1.0)).eval()
+    try:
+        validate.check_works(model, meta)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return model.to(device), meta

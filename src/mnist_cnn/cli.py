@@ -205,9 +205,13 @@ def cmd_serve(args) -> int:
           + (f", test accuracy {acc:.2f}%" if acc is not None else "") + f"), {args.workers} worker(s)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}, reachable from other machines", flush=True)
+    hosts = serve.guards.allowed_hosts(args.host, args.allowed_host)
+    if hosts is None:
+        print("note: answering for any Host header; pass --allowed-host NAME for the names clients use", flush=True)
     print(f"open http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/ "
           "(Ctrl+C stops)", flush=True)
-    serve.run(predictor, options, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    serve.run(predictor, options, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+              allowed_hosts=hosts)
     return 0
 
 
@@ -226,7 +230,7 @@ def cmd_predict(args) -> int:
             raise ValueError(f"--save-processed {args.save_processed}: {exc.strerror or exc}") from None
     try:
         failed, total = _print_predictions(args, predictor, predict_inputs(
-            predictor, iter_inputs(args.paths, sys.stdin.buffer), multi=args.multi))
+            predictor, iter_inputs(args.paths, getattr(sys.stdin, "buffer", None)), multi=args.multi))
     except BrokenPipeError:  # `mnist-cnn predict ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -247,19 +251,27 @@ def _print_predictions(args, predictor, results) -> tuple[int, int]:
     for result in results:
         total += 1
         pred, failed = result.prediction, failed + (result.error is not None)
+        name = printable(result.name, sys.stdout.encoding)
         if pred is not None and args.save_processed:
             save_processed(args.save_processed, result.name, pred, used)
         if args.format == "json":
             body = {"status": "error", "error": result.error} if pred is None else pred.to_dict()
-            print(json.dumps({"path": result.name, **body}), flush=True)
+            print(json.dumps({"path": name, **body}), flush=True)
         elif writer:
-            writer.writerow([result.name, "error", "", "", "", result.error] if pred is None
-                            else [result.name, *pred.csv_row(), ""])
+            writer.writerow([name, "error", "", "", "", result.error] if pred is None
+                            else [name, *pred.csv_row(), ""])
         elif pred is None:
-            print(f"{result.name}: error: {result.error}", file=sys.stderr, flush=True)
+            print(f"{name}: error: {result.error}", file=sys.stderr, flush=True)
         else:
-            print(f"{result.name}: {pred.describe()}", flush=True)
+            print(f"{name}: {pred.describe()}", flush=True)
     return failed, total
+
+
+def printable(name: str, encoding: str | None) -> str:
+    """A path as the terminal can show it: bytes that are not text in a file name become \\xNN escapes."""
+    text = os.fsencode(name).decode(sys.getfilesystemencoding(), "backslashreplace")
+    encoding = encoding or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
 # ------------------------------------------------------------------- parser
@@ -335,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: shipped model)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME", help="a Host name clients (or a reverse "
+                   "proxy) use to reach the server; repeatable, '*' for any (default: loopback names and --host)")
     p.add_argument("--port", type=int_in(1, 65535), default=8000)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
                    help="torch backend device (default cpu: fastest for one image at a time)")

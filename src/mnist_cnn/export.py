@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, data
+from . import checkpoint, data, validate
 from .augment import to_float
 from .evaluate import predict_logits
 
@@ -264,6 +264,10 @@ def read_metadata(sess, path: Path | str = "model") -> dict:
     missing = [k for k in ("arch", "mean", "std", "classes") if k not in meta]
     if missing:
         raise ExportError(f"{path}: metadata lacks {', '.join(missing)}")
+    try:  # the checks load_model makes, so that serve refuses a broken .onnx before it listens too
+        validate.check_metadata(meta, checkpoint.FORMAT_VERSION)
+    except ValueError as exc:
+        raise ExportError(f"{path}: {exc}") from None
     return meta
 
 
@@ -273,4 +277,9 @@ def load_onnx(path: Path | str | None, threads: int | None = None) -> tuple[Onnx
         raise ExportError("the onnx backend needs an .onnx file: make one with "
                           "`mnist-cnn export --format onnx --out model.onnx` and pass its path")
     sess = session(path, threads)
-    return OnnxModel(sess), read_metadata(sess, path)
+    model, meta = OnnxModel(sess), read_metadata(sess, path)
+    try:
+        validate.check_works(model, meta)
+    except ValueError as exc:
+        raise ExportError(f"{path}: {exc}") from None
+    return model, meta

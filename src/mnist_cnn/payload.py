@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import json
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import torch
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import preprocess
@@ -35,6 +37,8 @@ class Limits:
     body_timeout_s: float = 10.0  # to receive the body; stops slow-drip clients holding a slot
     work_timeout_s: float = 10.0  # to preprocess and predict once the body is in
     max_connections: int = 256  # uvicorn answers 503 beyond this many at once
+    keep_alive_s: int = 5  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
+    header_timeout_s: float = 10.0  # from connecting (or the last response) to complete headers; then closed
 
 
 class BodyLimit:
@@ -94,7 +98,7 @@ def _pixels(value, shape: tuple) -> torch.Tensor:
     """A JSON array of MNIST-style pixels (white ink on black, 0..255) -> uint8 tensor of `shape`."""
     try:
         arr = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):  # OverflowError: a 400-digit integer
         raise invalid("pixels must be a rectangular array of numbers") from None
     if arr.shape != shape:
         raise invalid(f"pixels must have shape {list(shape)}, got {list(arr.shape)}")
@@ -103,8 +107,23 @@ def _pixels(value, shape: tuple) -> torch.Tensor:
     return torch.from_numpy(np.rint(arr).astype(np.uint8))
 
 
-def _json_items(body, batch: bool) -> list:
+def _too_many(n: int, limits: Limits) -> HTTPException:
+    return HTTPException(413, f"{n} images in one request; the limit is {limits.max_batch}")
+
+
+def _json_items(raw: bytes, batch: bool, limits: Limits) -> list:
+    """A JSON body's images; run off the event loop, since parsing 10 MiB takes a while."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:  # the C parser's stack guard: hundreds of nested arrays
+        raise invalid("the JSON is nested too deeply") from None
+    except ValueError:
+        raise invalid("the body is not valid JSON") from None
     key, many = ("images", "pixels") if batch else ("image", "pixels")
+    for name in (key, many) if batch and isinstance(body, dict) else ():
+        values = body.get(name)  # count before converting: a body of 3,000 images is refused at once
+        if isinstance(values, list) and len(values) > limits.max_batch:
+            raise _too_many(len(values), limits)
     if isinstance(body, dict) and key in body:
         values = body[key]
         if not batch:
@@ -127,18 +146,19 @@ async def read_items(request: Request, limits: Limits, batch: bool) -> list:
     if kind == "multipart/form-data":
         try:
             form = await request.form(max_files=limits.max_batch, max_fields=limits.max_batch)
-        except StarletteHTTPException as exc:  # Starlette says 400 for a malformed form
-            raise invalid(f"bad multipart body: {exc.detail}") from None
+        except StarletteHTTPException as exc:
+            if exc.status_code != 400:  # BodyLimit's 408 and 413, raised while the form streams in
+                raise
+            if exc.detail.startswith("Too many"):  # Starlette's max_files / max_fields: as for JSON
+                raise HTTPException(413, f"more than {limits.max_batch} images or fields in one request; "
+                                         f"the limit is {limits.max_batch}") from None
+            raise invalid(f"bad multipart body: {exc.detail}") from None  # Starlette says 400: malformed
         items = [await v.read() for _, v in form.multi_items() if not isinstance(v, str)]
         await form.close()
         if not items:
             raise invalid("the form has no file: send the image as the field 'file'")
-    elif kind == "application/json":
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise invalid("the body is not valid JSON") from None
-        items = _json_items(body, batch)
+    elif kind == "application/json":  # the body's size is already checked (BodyLimit); parse it off the loop
+        items = await run_in_threadpool(_json_items, await request.body(), batch, limits)
     elif (kind.startswith("image/") or kind == "application/octet-stream") and not batch:
         items = [await request.body()]
     else:
@@ -150,7 +170,7 @@ async def read_items(request: Request, limits: Limits, batch: bool) -> list:
     if not items:
         raise invalid("no images in the request")
     if len(items) > limits.max_batch:
-        raise HTTPException(413, f"{len(items)} images in one request; the limit is {limits.max_batch}")
+        raise _too_many(len(items), limits)
     return items
 
 
@@ -160,8 +180,11 @@ def decode_checked(raw: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             width, height = Image.open(io.BytesIO(raw)).size  # reads the header only
-    except Image.DecompressionBombError:
-        width, height = max_pixels + 1, 1
+    except Image.DecompressionBombError as exc:  # past twice Pillow's limit: the size is only in the message
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        if found is None:
+            raise HTTPException(413, f"the image has more than {max_pixels:,} pixels; the limit is {max_pixels:,}")
+        width, height = int(found.group(1)), 1
     except Exception:  # noqa: BLE001 - not an image Pillow can parse: decode() explains why
         width = height = 0
     if width * height > max_pixels:

@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterable, Iterator
 import torch
 from PIL import Image
 
-from . import checkpoint, preprocess, segment
+from . import checkpoint, files, preprocess, segment
 from .augment import to_float
 
 
@@ -171,19 +171,23 @@ def iter_inputs(paths: Iterable[str], stdin: BinaryIO | None = None) -> Iterator
     """Expand command-line paths lazily into (name, Path or bytes, or an error message).
 
     "-" is standard input; a folder gives its image files (by name, not recursing), read
-    only when their turn comes; a quoted glob is expanded here.
+    only when their turn comes; a quoted glob is expanded here. Whatever goes wrong with one
+    path (a looping link, an unreadable folder, a closed stdin) is that path's error alone.
     """
     for arg in paths:
         path = Path(arg)
         if arg == "-":
-            yield "-", stdin.read(preprocess.MAX_BYTES + 1) if stdin is not None else "standard input is not available"
+            yield "-", _read_stdin(stdin)
         elif path.is_dir():
-            names = sorted(e.name for e in os.scandir(path)
-                           if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+            try:
+                names = sorted(e.name for e in os.scandir(path) if _listed(e))
+            except OSError as exc:
+                yield arg, f"cannot read this folder: {exc.strerror or exc}"
+                continue
             if not names:
                 yield arg, "no image files in this folder"
             yield from ((str(path / name), path / name) for name in names)
-        elif path.exists():
+        elif os.path.lexists(path):  # a file, or a link that will fail with its own reason when read
             yield arg, path
         elif glob.has_magic(arg):
             matches = sorted(glob.iglob(arg))
@@ -192,6 +196,25 @@ def iter_inputs(paths: Iterable[str], stdin: BinaryIO | None = None) -> Iterator
             yield from iter_inputs(matches, stdin)
         else:
             yield arg, "no such file or folder"
+
+
+def _listed(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is an image file to read (a link that loops is, and fails alone when read)."""
+    if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+        return False
+    try:
+        return entry.is_file()
+    except OSError:  # ELOOP and the like: stat fails, so let reading the file report it
+        return True
+
+
+def _read_stdin(stdin: BinaryIO | None) -> bytes | str:
+    if stdin is None:
+        return "standard input is not available"
+    try:
+        return stdin.read(preprocess.MAX_BYTES + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a closed file
+        return f"cannot read standard input: {getattr(exc, 'strerror', None) or exc}"
 
 
 def save_processed(folder: Path, name: str, prediction: Prediction | NumberPrediction, used: set) -> list[Path]:
@@ -216,9 +239,19 @@ def save_processed(folder: Path, name: str, prediction: Prediction | NumberPredi
     return paths
 
 
+READ_TIMEOUT_S = 10.0  # for one input path: a FIFO or device that never finishes fails alone
+
+
 def _load(source: Path | bytes | str) -> Image.Image:
     if isinstance(source, str):
         raise preprocess.ImageError(source)
+    if isinstance(source, Path):  # read here with a limit that devices and pipes cannot bypass
+        try:
+            source = files.read_bounded(source, preprocess.MAX_BYTES, READ_TIMEOUT_S)
+        except files.TooBig as exc:
+            raise preprocess.ImageError(str(exc)) from None
+        except OSError as exc:
+            raise preprocess.ImageError(f"cannot read it: {exc.strerror or exc}") from None
     return preprocess.open_image(source)
 
 

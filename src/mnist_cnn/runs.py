@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -31,7 +30,6 @@ def train_run(cfg, run_dir: Path, device, data_dir=None, resume: bool = False, t
         run_dir.mkdir(parents=True, exist_ok=True)
         train.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     mnist = data.load_mnist(data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train, device=device, log=log)
-    t0 = time.perf_counter()
     with TrainProgress(cfg, len(mnist.train_x), enabled=distributed.is_main()) as progress:
         if cfg.ensemble > 1:  # members keep their own folders; the run's curves are member 0's
             model, histories = train.train_ensemble(cfg, mnist, device, run_dir, progress.step, progress.epoch)
@@ -41,7 +39,8 @@ def train_run(cfg, run_dir: Path, device, data_dir=None, resume: bool = False, t
         else:
             model, history = train.train(cfg, mnist, device, run_dir, resume=resume,
                                          on_step=progress.step, on_epoch=progress.epoch)
-    seconds = time.perf_counter() - t0
+    # Training time over every segment of a resumed run (each History adds up its own segments).
+    seconds = sum(h.seconds for h in histories) if cfg.ensemble > 1 else history.seconds
     mean, std = train.normalization(cfg)
     # Calibrate the probabilities on the validation split, when there is one (argmax and accuracy are unchanged).
     temperature = fit_temperature(predict_logits(model, mnist.val_x, mean, std, channels_last=cfg.channels_last),

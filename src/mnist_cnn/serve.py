@@ -29,12 +29,16 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from . import predict, preprocess
+from . import guards, predict, preprocess
 from .payload import BodyLimit, Limits, decode_checked, invalid, number_json, prediction_json, read_items
 
 STATIC = Path(str(resources.files("mnist_cnn") / "static"))
 # The page loads nothing from elsewhere (users may be offline); the policy makes a stray CDN link fail loudly.
-PAGE_CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'"
+PAGE_CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; " + guards.FRAME_CSP
+# Swagger UI and ReDoc start from inline scripts and styles; the policy still keeps them off the network
+# (ReDoc's bundle would fetch its logo from cdn.redoc.ly) and lets ReDoc's search run in a blob: worker.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; " + guards.FRAME_CSP)
 
 
 class MicroBatcher:
@@ -101,8 +105,12 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
-def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits()) -> FastAPI:
-    """The FastAPI app around an already-loaded `predict.Predictor` (tests inject their own)."""
+def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The FastAPI app around an already-loaded `predict.Predictor` (tests inject their own).
+
+    `allowed_hosts`: the Host names to answer for (`guards.allowed_hosts`); None answers for any.
+    """
     batcher = MicroBatcher(predictor.predict_arrays)
 
     @asynccontextmanager
@@ -115,6 +123,9 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits()) 
     app = FastAPIOffline(title="mnist-cnn", summary="Handwritten-digit recognition", lifespan=lifespan,
                          static_url="/docs-assets")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+    # Added last, so it runs first: a refused host or origin costs no body read.
+    app.add_middleware(guards.Guards, allowed_hosts=allowed_hosts,
+                       page_csp={"/": PAGE_CSP, "/docs": DOCS_CSP, "/redoc": DOCS_CSP})
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(preprocess.ImageError)
@@ -153,7 +164,7 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits()) 
 
     @app.get("/", include_in_schema=False)
     async def page():
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+        return FileResponse(STATIC / "index.html")  # with PAGE_CSP, from guards.Guards
 
     @app.get("/healthz", summary="Liveness check")
     async def healthz():
@@ -206,20 +217,28 @@ WORKER_OPTIONS = "MNIST_CNN_SERVE_OPTIONS"  # how `run` hands load_predictor's a
 def worker_app() -> FastAPI:
     """uvicorn's app factory in each `--workers` process: the same model, loaded once per process."""
     options = json.loads(os.environ[WORKER_OPTIONS])
-    return create_app(load_predictor(**options), backend=options["backend"])
+    hosts = options.pop("allowed_hosts")
+    return create_app(load_predictor(**options), backend=options["backend"], allowed_hosts=hosts)
+
+
+def server_options(limits: Limits) -> dict:
+    """uvicorn's settings for slow and idle clients (the CLI's, and the tests' real server)."""
+    return dict(timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.max_connections,
+                http=guards.http_protocol())  # + a timeout for incomplete request headers
 
 
 def run(predictor, options: dict, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-        log_level: str = "info") -> None:
+        log_level: str = "info", allowed_hosts: list[str] | None = None) -> None:
     """Serve until interrupted (the CLI's `serve`). With workers > 1, each process loads its own model from
     `options` (load_predictor's arguments): preprocessing holds the GIL, so processes use more cores."""
     import uvicorn
 
     limits = Limits()
     kw = dict(host=host, port=port, log_level=log_level, access_log=log_level in ("debug", "info"),
-              timeout_keep_alive=5, limit_concurrency=limits.max_connections)
+              **server_options(limits))
     if workers == 1:
-        uvicorn.run(create_app(predictor, backend=options["backend"], limits=limits), **kw)
+        uvicorn.run(create_app(predictor, backend=options["backend"], limits=limits, allowed_hosts=allowed_hosts),
+                    **kw)
     else:
-        os.environ[WORKER_OPTIONS] = json.dumps(options)
+        os.environ[WORKER_OPTIONS] = json.dumps({**options, "allowed_hosts": allowed_hosts})
         uvicorn.run("mnist_cnn.serve:worker_app", factory=True, workers=workers, **kw)

@@ -36,6 +36,7 @@ HISTORY_NAME = "history.json"
 class History:
     steps: list[dict] = field(default_factory=list)  # {step, epoch, loss, acc, lr}
     epochs: list[dict] = field(default_factory=list)  # {epoch, val_acc, val_loss, seconds}
+    seconds: float = 0.0  # wall time inside `train`, added up over every resumed segment
 
 
 def normalization(cfg: TrainConfig) -> tuple[float, float]:
@@ -163,12 +164,16 @@ def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, re
     model.safetensors, train_state.safetensors and history.json atomically after every
     epoch; `resume` continues from them.
     """
+    t_start = time.perf_counter()
+    if run_dir is not None and distributed.is_main():
+        remove_partial_writes(Path(run_dir))
     model = build(cfg, device)
     ema = copy.deepcopy(model).eval() if cfg.ema_decay else None
     optimizer = make_optimizer(model, cfg)
     history, start_epoch = History(), 0
     if resume:
         start_epoch, history = load_train_state(Path(run_dir), model, optimizer, ema)
+    seconds_before = history.seconds  # earlier segments' time, so train_seconds adds up over resumes
     if distributed.world_size() > 1 and cfg.batch_size < 2 * distributed.world_size():
         raise ValueError(f"batch size {cfg.batch_size} leaves fewer than 2 images per rank on "
                          f"{distributed.world_size()} ranks (batch norm needs 2)")
@@ -199,6 +204,7 @@ def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, re
         history.epochs.append(row)
         if on_epoch is not None:
             on_epoch(row, ema or model)
+        history.seconds = seconds_before + time.perf_counter() - t_start
         if run_dir is not None and distributed.is_main():
             save_train_state(Path(run_dir), cfg, model, optimizer, ema, history, epoch + 1)
     return (ema or model).eval(), history
@@ -249,7 +255,11 @@ def model_metadata(cfg: TrainConfig, metrics: dict | None = None, temperature: f
 
 
 def save_train_state(run_dir: Path, cfg, model, optimizer, ema, history: History, epochs_done: int) -> None:
-    """Everything a resume needs, written atomically: weights, EMA, optimizer state, history."""
+    """Everything a resume needs, in one atomic file: weights, EMA, optimizer state and history.
+
+    The history travels inside train_state (history.json is a readable copy written after it):
+    a kill between two separate files would otherwise leave a state one epoch ahead of its history.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     final = ema or model
     checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, final, model_metadata(cfg))
@@ -261,9 +271,17 @@ def save_train_state(run_dir: Path, cfg, model, optimizer, ema, history: History
         for name, value in state.items():
             if value is not None:  # SGD without momentum keeps a None buffer
                 tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
-    meta = {"epochs_done": epochs_done, "param_groups": opt["param_groups"], "config": dataclasses.asdict(cfg)}
+    meta = {"epochs_done": epochs_done, "param_groups": opt["param_groups"], "config": dataclasses.asdict(cfg),
+            "history": dataclasses.asdict(history)}
     checkpoint.save_tensors(run_dir / STATE_NAME, tensors, meta)
     write_json(run_dir / HISTORY_NAME, dataclasses.asdict(history))
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """Delete the temporary files of writes that a kill interrupted (`atomic_write` names them .NAME.*.tmp)."""
+    if run_dir.is_dir():
+        for tmp in run_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def load_train_state(run_dir: Path, model, optimizer, ema) -> tuple[int, History]:
@@ -277,8 +295,13 @@ def load_train_state(run_dir: Path, model, optimizer, ema) -> tuple[int, History
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    history = History(**json.loads((run_dir / HISTORY_NAME).read_text()))
-    return meta["epochs_done"], history
+    done = meta["epochs_done"]
+    if "history" in meta:
+        return done, History(**meta["history"])
+    # A state written before the history moved inside it: keep only the epochs the state has.
+    old = json.loads((run_dir / HISTORY_NAME).read_text())
+    return done, History(steps=[s for s in old["steps"] if s["epoch"] < done],
+                         epochs=[e for e in old["epochs"] if e["epoch"] <= done])
 
 
 def write_json(path: Path, obj) -> None:
