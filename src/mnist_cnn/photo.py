@@ -145,16 +145,16 @@ def light_on_dark(grey: np.ndarray) -> np.ndarray:
 
 
 def dark_ink(grey: np.ndarray) -> bool:
-    """Is the ink darker than the paper? Thin dark features (a black top-hat) against thin bright
-    ones, on a small copy: a shadow's edge or the desk is neither, whatever the frame's edge shows."""
+    """Are there thin dark strokes (a black top-hat) rather than thin bright ones, on a small copy?
+    A shadow's edge or the desk is neither. The features are thinner than the cells of squared
+    paper, which are bright between their lines."""
     s = SHEET_SIDE / max(grey.shape)
     small = cv2.resize(grey, (max(1, round(grey.shape[1] * s)), max(1, round(grey.shape[0] * s))),
                        interpolation=cv2.INTER_AREA) if s < 1 else grey
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (odd(max(small.shape) / 20),) * 2)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (odd(max(small.shape) / 50),) * 2)
     dark = cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, kernel)
     bright = cv2.morphologyEx(small, cv2.MORPH_TOPHAT, kernel)
-    # Features that stand clear of the paper's grain; dark ink, by far the commoner, unless bright clearly wins.
-    return float(dark[dark > INK_CONTRAST].sum()) * 2 >= float(bright[bright > INK_CONTRAST].sum())
+    return float(dark[dark > INK_CONTRAST].sum()) >= float(bright[bright > INK_CONTRAST].sum())
 
 
 def noise_level(strength: np.ndarray) -> float:
@@ -191,11 +191,14 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         band[:] = 0
         cv2.line(band, (int(x0), int(y0)), (int(x1), int(y1)), 1, thickness=int(2 * thick + 3))
         ys, xs = np.nonzero(band)
-        dist = np.abs((xs - x0) * uy - (ys - y0) * ux)  # across the line
-        inked = m[ys, xs].astype(bool)
+        signed = (xs - x0) * uy - (ys - y0) * ux  # across the line
+        dist, inked = np.abs(signed), m[ys, xs].astype(bool)
         half = _half_width(dist, inked)
         if 2 * half > thick + 3:  # too thick for a printed rule: a stroke of a large digit
             continue
+        beyond = (dist > half + 1) & (dist <= half + 4)
+        if any(inked[beyond & side].mean() > 0.5 for side in (signed > 0, signed < 0) if (beyond & side).any()):
+            continue  # ink goes on past the line: the edge of a thick stroke, not a rule
         near = inked & (dist <= half + 1.5)  # and its blurred skirts
         (across if abs(ux) >= abs(uy) else down)[ys[near], xs[near]] = True
     return across, down

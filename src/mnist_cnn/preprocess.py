@@ -175,15 +175,14 @@ def find_ink(img: Image.Image, several: bool = False) -> Page | None:
     if min(h, w) < 3 * f:  # too small to hold a digit
         return None
     small = full[:h, :w].reshape(h // f, f, w // f, f).mean((1, 3))  # block means: also a denoiser
-    ring = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
-    border = float(np.median(ring))  # the page's edge is almost always paper
+    border = float(np.median(_ring(small)))  # the page's edge is almost always paper
     invert = border - small.min() > small.max() - border
     x = 1 - small if invert else small
     # A drawing (a canvas, a screenshot) has paper of exactly one value over most of the image:
     # nothing to denoise and no lighting to model, and skipping both saves most of the time here.
     paper = 1 - border if invert else border
     if np.count_nonzero(x == paper) * 2 <= x.size:
-        return _photo_ink(img, full, several)
+        return _photo_ink(img, full, invert, several)
     d = x - paper
     peak = float(d.max())
     if peak < MIN_CONTRAST:
@@ -203,7 +202,12 @@ def find_ink(img: Image.Image, several: bool = False) -> Page | None:
     return Page(full, invert, f, d, np.full_like(d, paper), level, threshold, lut[labels], int(keep.sum()))
 
 
-def _photo_ink(img: Image.Image, full: np.ndarray, several: bool) -> Page | None:
+def _ring(x: np.ndarray) -> np.ndarray:
+    """The pixels along the image's edge."""
+    return np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+
+
+def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) -> Page | None:
     """The photo steps of `photo.py`, on a working copy at most WORK_SIDE pixels on a side."""
     rgb = _rgb(img, full)
     s = WORK_SIDE / max(rgb.shape[:2])
@@ -217,7 +221,10 @@ def _photo_ink(img: Image.Image, full: np.ndarray, several: bool) -> Page | None
         rgb = photo.flatten_sheet(rgb, sheet[1])
     elif sheet is not None:
         outside = cv2.dilate((~sheet[0]).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
-    if sheet is not None or photo.dark_ink(photo.ink_channel(rgb)):
+    # The frame's edge says light ink on a dark ground when the desk or a shadow lies along it; the
+    # bulk of the image, brighter than that edge, or thin dark strokes then say otherwise.
+    if sheet is not None or invert or np.median(full) > np.median(_ring(full)) + 0.05 or photo.dark_ink(
+            photo.ink_channel(rgb)):
         strength = photo.even_light(photo.ink_channel(rgb))
     else:
         strength = photo.light_on_dark(rgb.max(axis=2).astype(np.float32) / 255)
