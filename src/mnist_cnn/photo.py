@@ -27,6 +27,7 @@ RULE_SPAN = 0.6  # a ruled line is straight over at least this fraction of the f
 RULE_THICK = 0.02  # ...and at most this thick, blur included (fraction of the longer side, >= 3 px)
 RULE_DARKER = 1.4  # pen ink on a rule is kept when the pen's ink is this much stronger than the print
 INK_CONTRAST = 0.06  # ink stands at least this far from the paper (of full scale), to tell its polarity
+CLEAR_INK = 0.15  # ink strength that is surely ink, to measure the strokes by
 SPECK = 0.04  # components under this fraction of the largest are specks
 BLOB_FILL, BLOB_DEPTH, BLOB_ASPECT = 0.6, 0.6, 2.5  # a blob fills this much of its box, is this thick for
 # its shorter side, and is no longer than this for its width: a stain or a thumb (a 6 with its loop inked in
@@ -111,6 +112,20 @@ def even_light(grey: np.ndarray) -> np.ndarray:
     """
     smooth = cv2.GaussianBlur(grey, (0, 0), 1.0)  # noise would bias the closing's maxima upwards
     k = _light_kernel(smooth, dark_ink=True)
+    strength = _divide(smooth, k)
+    # Once the strokes are seen, a closing just wider than them follows the paper more closely: its
+    # grain and mottling, a curved shadow's edge. Only clear ink is measured, and only to narrow.
+    clear = (strength > max(CLEAR_INK, 4 * noise_level(strength))).astype(np.uint8)
+    depth = cv2.distanceTransform(clear, cv2.DIST_L2, 3)[clear > 0]
+    if depth.size:
+        narrow = odd(max(2.5 * 2 * float(np.percentile(depth, 95)) + 3, 9))
+        if narrow < k:
+            strength = _divide(smooth, narrow)
+    return strength
+
+
+def _divide(smooth: np.ndarray, k: int) -> np.ndarray:
+    """Ink strength: 1 - brightness over the paper's, the paper being a closing of side k."""
     paper = cv2.morphologyEx(smooth, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)),
                              borderType=cv2.BORDER_REFLECT)
     return np.clip(1 - smooth / np.maximum(paper, 1e-3), 0, 1)
