@@ -45,6 +45,8 @@ MIN_SIDE = 0.03  # a digit spans at least this fraction of the image's longer si
 # it maps to black (paper noise and blur skirts), and THRESH of it separates ink from paper. Tuned on
 # the round trip of benchmarks/roundtrip.py (mean pixel distance 7.1 -> 6.7 against 75, 0, 0.45).
 LEVEL_PCT, FLOOR, THRESH = 50, 0.25, 0.5
+LOW, GRAIN = 0.2, 4.0  # a photo's candidate digits are found down to LOW x the page's strongest ink's
+# level, but not among the paper's mottling (GRAIN robust deviations above its typical strength)
 STROKE, THIN = 1.8, 0.6  # MNIST's median `stroke_width` (px, at >= 128 of 255; measured); thinner than
 # THIN x that, a stroke is thickened, as a fine pen on a large photo would otherwise vanish in the resize
 SPECK = 0.03  # components smaller than this fraction of the largest one are specks
@@ -240,18 +242,27 @@ def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) 
     if not strong.any():
         return None
     level = float(np.percentile(strength[strong], LEVEL_PCT))
-    threshold = max(THRESH * level, NOISE_INK * noise)
-    ink = photo.remove_rules(strength > threshold, (across, down), strength, level)
-    strength = np.where(rules & ~ink, 0, strength).astype(np.float32)  # the rules' grey levels go too
-    labels, stats, widths = photo.components(ink)
+    # The digit is chosen among candidates found at a low threshold, so that faint pencil is seen
+    # beside stronger ink elsewhere (a desk's edge, a heading); then its own ink sets the level.
+    sample = strength[::2, ::2]
+    middle = float(np.median(sample))  # of the paper, and its own mottling, as robust spread: ink is a minority
+    grain = middle + GRAIN * 1.4826 * float(np.median(np.abs(sample - middle)))
+    low = max(NOISE_INK * noise, LOW * level, grain)
+    candidates = photo.remove_rules(strength > low, (across, down), strength, level)
+    strength = np.where(rules & ~candidates, 0, strength).astype(np.float32)  # the rules' grey levels go too
+    labels, stats, widths = photo.components(candidates)
     chosen = photo.choose(labels, stats, photo.stroke_like(stats, widths, labels.shape), several)
-    longest = np.maximum(stats[:, 2], stats[:, 3])
-    if not (chosen & (longest >= max(MIN_SIDE * max(labels.shape), 3))).any():  # only dust: no digit
+    digit = chosen[labels]
+    if not digit.any():
         return None
-    lut = np.zeros(len(stats), dtype=np.int32)
-    lut[chosen] = np.arange(1, chosen.sum() + 1)
-    return Page(strength, True, 1, strength, np.zeros_like(strength), level, threshold, lut[labels],
-                int(chosen.sum()))
+    level = float(np.percentile(strength[digit], LEVEL_PCT))
+    threshold = max(THRESH * level, NOISE_INK * noise)
+    labels, n = label_components(digit & (strength > threshold))
+    extent = component_boxes(labels, n)
+    longest = np.maximum(extent[:, 1] - extent[:, 0], extent[:, 3] - extent[:, 2])
+    if not (longest >= max(MIN_SIDE * max(labels.shape), 3)).any():  # only dust: no digit
+        return None
+    return Page(strength, True, 1, strength, np.zeros_like(strength), level, threshold, labels, n)
 
 
 def _rgb(img: Image.Image, lum: np.ndarray) -> np.ndarray:
