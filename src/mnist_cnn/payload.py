@@ -34,6 +34,10 @@ class Limits:
     max_body_bytes: int = 10 * 2**20  # one request body, bytes (a phone photo is 2-5 MiB)
     max_pixels: int = 16_000_000  # one image, width x height (a 12 MP phone photo fits)
     max_batch: int = 64  # images in one /api/predict/batch request
+    max_batch_pixels: int = 64_000_000  # all of a batch's images together, width x height, from their headers
+    max_decodes: int = 2  # images decoded and preprocessed at once per server process (a 16 MP PNG peaks
+    # at ~70 MB while it decodes): what bounds the memory of many requests together
+    max_numbers: int = 1  # written numbers (multi=true) read at once, apart: they cannot hold up single digits
     body_timeout_s: float = 10.0  # to receive the body; stops slow-drip clients holding a slot
     work_timeout_s: float = 10.0  # to preprocess and predict once the body is in
     max_connections: int = 256  # uvicorn answers 503 beyond this many at once
@@ -140,8 +144,10 @@ def _json_items(raw: bytes, batch: bool, limits: Limits) -> list:
     raise invalid(f'expected a JSON object like {example} or {{"pixels": 28x28 numbers 0..255}}')
 
 
-async def read_items(request: Request, limits: Limits, batch: bool) -> list:
-    """The request's images: encoded image bytes, or uint8 (28, 28) tensors sent as pixels."""
+async def read_items(request: Request, limits: Limits, batch: bool, run=run_in_threadpool) -> list:
+    """The request's images: encoded image bytes, or uint8 (28, 28) tensors sent as pixels.
+
+    `run(fn, *args)` runs the JSON parsing off the event loop (the server's bounded pool)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         try:
@@ -158,7 +164,7 @@ async def read_items(request: Request, limits: Limits, batch: bool) -> list:
         if not items:
             raise invalid("the form has no file: send the image as the field 'file'")
     elif kind == "application/json":  # the body's size is already checked (BodyLimit); parse it off the loop
-        items = await run_in_threadpool(_json_items, await request.body(), batch, limits)
+        items = await run(_json_items, await request.body(), batch, limits)
     elif (kind.startswith("image/") or kind == "application/octet-stream") and not batch:
         items = [await request.body()]
     else:
@@ -176,6 +182,27 @@ async def read_items(request: Request, limits: Limits, batch: bool) -> list:
 
 def decode_checked(raw: bytes, max_pixels: int) -> Image.Image:
     """Refuse an image with too many pixels from its header alone (413), then decode it as the CLI does."""
+    header_pixels(raw, max_pixels)
+    return preprocess.decode(raw)
+
+
+def check_batch_pixels(items: list, limits: Limits) -> None:
+    """Refuse a batch whose images have more pixels together than `max_batch_pixels` (413), from their
+    headers, before any is decoded; an image over its own limit fails alone and is not counted."""
+    total = 0
+    for raw in items:
+        if isinstance(raw, bytes):
+            try:
+                total += header_pixels(raw, limits.max_pixels)
+            except HTTPException:
+                pass
+    if total > limits.max_batch_pixels:
+        raise HTTPException(413, f"the batch's images have {total:,} pixels together; "
+                                 f"the limit is {limits.max_batch_pixels:,}")
+
+
+def header_pixels(raw: bytes, max_pixels: int) -> int:
+    """Width x height from the image's header alone (0 when Pillow cannot parse it); over `max_pixels`, 413."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -189,7 +216,7 @@ def decode_checked(raw: bytes, max_pixels: int) -> Image.Image:
         width = height = 0
     if width * height > max_pixels:
         raise HTTPException(413, f"the image has {width * height:,} pixels; the limit is {max_pixels:,}")
-    return preprocess.decode(raw)
+    return width * height
 
 
 def png_data_url(x: torch.Tensor) -> str:

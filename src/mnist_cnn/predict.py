@@ -143,9 +143,11 @@ class Predictor:
         logits = torch.as_tensor(self.model(to_float(x.to(self.device), self.meta["mean"], self.meta["std"])))
         return float(logits.float().log_softmax(1).amax(1).sum())
 
-    def predict_number(self, img: Image.Image) -> NumberPrediction:
-        """A written number -> its digits left to right, with each digit's confidence."""
-        digits = segment.segment_digits(img, score=self._confidence)
+    def predict_number(self, img: Image.Image, deadline: float | None = None) -> NumberPrediction:
+        """A written number -> its digits left to right, with each digit's confidence.
+
+        Past `deadline` (a time.monotonic() value; None: none) it stops with segment.OutOfTime."""
+        digits = segment.segment_digits(img, score=self._confidence, deadline=deadline)
         if not digits:
             return NumberPrediction(text="", digits=[], status="empty")
         preds = self.predict_arrays(torch.stack(digits))

@@ -8,31 +8,58 @@ much wider than a digit is cut into several, where a classifier is most confiden
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from PIL import Image
 
 from .imageops import bbox, component_boxes
-from .preprocess import Page, find_ink, render
+from .preprocess import ImageError, Page, find_ink, render
 
 # Multi-digit: a blob wider than SPLIT_H x a digit's height and SPLIT_W x the number's typical digit
 # width holds several digits; between MAYBE_W and SPLIT_W a classifier decides. NARROW x the height is
 # the least typical width (so a number of 1s does not make every other digit look wide).
 SPLIT_H, SPLIT_W, MAYBE_W, NARROW = 1.0, 1.6, 1.2, 0.8
+# At most this many digits in one number (and 4x as many pieces of ink): cutting touching digits costs
+# about n^2 forward passes (a 1000x10 bar read as 118 digits took 209 s), so more is refused.
+MAX_DIGITS = 32
 
 
-def segment_digits(img: Image.Image, score=None) -> list[torch.Tensor]:
+class TooManyDigits(ImageError):
+    """More digits (or pieces of ink) than one number may hold: the server answers 422."""
+
+
+class OutOfTime(Exception):
+    """The work went past its deadline and stopped (the server answers 503)."""
+
+
+def check_deadline(deadline: float | None) -> None:
+    """Raise OutOfTime once `deadline` (a time.monotonic() value; None: never) has passed."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise OutOfTime("stopped at its deadline")
+
+
+def segment_digits(img: Image.Image, score=None, deadline: float | None = None) -> list[torch.Tensor]:
     """A written number -> its digits left to right, each in `to_mnist` form ([] when no ink).
 
     `score`, if given, rates candidate digits (k, 28, 28) uint8 -> float, higher is better
     (a classifier's confidence); touching digits are then cut where it is most confident.
+    Past `deadline` (time.monotonic()), it stops with OutOfTime; over MAX_DIGITS, TooManyDigits.
     """
     page = find_ink(img, several=True)
     if page is None or page.count == 0:
         return []
+    if page.count > 4 * MAX_DIGITS:
+        raise TooManyDigits(f"{page.count} separate pieces of ink: more than {MAX_DIGITS} digits "
+                            f"(the limit for one number), or not a written number")
+    blobs = digit_blobs(page.labels, page.count)
+    if (n := sum(counts[0] for _, counts in blobs)) > MAX_DIGITS:  # the likeliest reading
+        raise TooManyDigits(f"more than {MAX_DIGITS} digits (read as {n}): the limit for one number")
     digits = []
-    for mask, counts in digit_blobs(page.labels, page.count):
-        options = [_cut(page, mask, n, score) for n in (counts if score else counts[:1])]
+    for mask, counts in blobs:
+        check_deadline(deadline)
+        options = [_cut(page, mask, n, score, deadline) for n in (counts if score else counts[:1])]
         digits += max(options, key=lambda d: score(torch.stack(d))) if len(options) > 1 else options[0]
     return digits
 
@@ -103,7 +130,7 @@ def _gap(a, b) -> int:
     return max(a[2], b[2]) - min(a[3], b[3])
 
 
-def _cut(page: Page, mask: np.ndarray, n: int, score) -> list[torch.Tensor]:
+def _cut(page: Page, mask: np.ndarray, n: int, score, deadline: float | None = None) -> list[torch.Tensor]:
     """Cut a blob of n touching digits at columns: the thinnest ones near even spacing, then, with
     a `score`, each cut moved to wherever the pieces are recognized most confidently."""
     _, _, x0, x1 = bbox(mask)
@@ -128,6 +155,7 @@ def _cut(page: Page, mask: np.ndarray, n: int, score) -> list[torch.Tensor]:
     best_score = score(torch.stack(best))
     for k in range(n - 1):
         for offset in np.linspace(-0.4, 0.4, 9) * step:
+            check_deadline(deadline)
             trial = cuts[:k] + [int(round(x0 + (k + 1) * step + offset))] + cuts[k + 1:]
             digits = pieces(trial)
             if digits is not None and (s := score(torch.stack(digits))) > best_score:
