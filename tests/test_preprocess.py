@@ -76,6 +76,17 @@ def test_decode_reads_formats_and_applies_exif_orientation():
     assert decode(buf.getvalue()).size == img.size
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_float_images_with_non_finite_pixels_are_refused_in_words(bad):
+    a = np.full((40, 40), 200.0, dtype=np.float32)
+    a[10:30, 18:22] = 20.0
+    a[0, 0] = bad
+    buf = io.BytesIO()
+    Image.fromarray(a, "F").save(buf, "TIFF")
+    with pytest.raises(ImageError, match="not numbers"):
+        to_mnist(decode(buf.getvalue()))
+
+
 def test_heic_photos_are_read_and_a_missing_extra_is_named(monkeypatch):
     pillow_heif = pytest.importorskip("pillow_heif", reason="the heic extra (pillow-heif) is part of the dev extra")
     rgb = Image.fromarray(np.stack([np.asarray(page(seven(6), size=(200, 240), at=(40, 60)))] * 3, axis=2))

@@ -129,6 +129,8 @@ def luminance(img: Image.Image) -> np.ndarray:
         return np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0, 1)
     if img.mode == "F":
         a = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise ImageError("the image has pixels that are not numbers (NaN or infinite)")
         return np.clip(a / max(1.0, float(a.max())), 0, 1)
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")  # keeps a palette's transparency
