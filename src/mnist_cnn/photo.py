@@ -25,6 +25,7 @@ LIGHT_KERNEL = 1 / 20  # of the longer side, the least width of the closing that
 # 2.5 times the widest strokes): wide enough for any pen, narrow enough to follow a curved shadow's edge
 RULE_SPAN = 0.6  # a ruled line is straight over at least this fraction of the frame's shorter side...
 RULE_THICK = 0.02  # ...and at most this thick, blur included (fraction of the longer side, >= 3 px)
+RULE_SOLID = 0.35  # a rule's centre line is inked at least this much of its length (gaps where it is faint)
 RULE_DARKER = 1.4  # pen ink on a rule is kept when the pen's ink is this much stronger than the print
 INK_CONTRAST = 0.06  # ink stands at least this far from the paper (of full scale), to tell its polarity
 CLEAR_INK = 0.15  # ink strength that is surely ink, to measure the strokes by
@@ -209,7 +210,7 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         signed = (xs - x0) * uy - (ys - y0) * ux  # across the line
         dist, inked = np.abs(signed), m[ys, xs].astype(bool)
         half = _half_width(dist, inked)
-        if 2 * half > thick + 3:  # too thick for a printed rule: a stroke of a large digit
+        if 2 * half > thick + 3 or inked[dist <= 1].mean() < RULE_SOLID:  # a thick stroke, or a row of speckle
             continue
         beyond = (dist > half + 1) & (dist <= half + 4)
         if any(inked[beyond & side].mean() > 0.5 for side in (signed > 0, signed < 0) if (beyond & side).any()):

@@ -238,6 +238,9 @@ def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) 
     peak = float(np.percentile(strength[::2, ::2], 99.9))  # the strongest ink, less a few outliers
     if peak < max(MIN_CONTRAST, NOISE_PEAK * noise):
         return None
+    sample = strength[::2, ::2]
+    middle = float(np.median(sample))  # of the paper, and its own mottling, as robust spread: ink is a minority
+    grain = middle + GRAIN * 1.4826 * float(np.median(np.abs(sample - middle)))
     across, down = photo.rule_lines(strength > max(NOISE_INK * noise, 0.25 * THRESH * peak))
     rules = across | down
     strong = (strength > 0.3 * peak) & ~rules
@@ -246,9 +249,6 @@ def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) 
     level = float(np.percentile(strength[strong], LEVEL_PCT))
     # The digit is chosen among candidates found at a low threshold, so that faint pencil is seen
     # beside stronger ink elsewhere (a desk's edge, a heading); then its own ink sets the level.
-    sample = strength[::2, ::2]
-    middle = float(np.median(sample))  # of the paper, and its own mottling, as robust spread: ink is a minority
-    grain = middle + GRAIN * 1.4826 * float(np.median(np.abs(sample - middle)))
     low = max(NOISE_INK * noise, LOW * level, grain)
     candidates = photo.remove_rules(strength > low, (across, down), strength, level)
     strength = np.where(rules & ~candidates, 0, strength).astype(np.float32)  # the rules' grey levels go too
@@ -260,6 +260,11 @@ def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) 
     level = float(np.percentile(strength[digit], LEVEL_PCT))
     threshold = max(THRESH * level, NOISE_INK * noise)
     labels, n = label_components(digit & (strength > threshold))
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    lut = np.zeros(n + 1, dtype=np.int32)  # the grain that the digit's own threshold leaves is specks
+    keep = areas >= max(2, SPECK * areas.max(initial=0))
+    lut[1:][keep] = np.arange(1, keep.sum() + 1)
+    labels, n = lut[labels], int(keep.sum())
     extent = component_boxes(labels, n)
     longest = np.maximum(extent[:, 1] - extent[:, 0], extent[:, 3] - extent[:, 2])
     if not (longest >= max(MIN_SIDE * max(labels.shape), 3)).any():  # only dust: no digit
