@@ -235,13 +235,13 @@ def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) 
     if outside is not None:
         strength[outside] = 0
     noise = photo.noise_level(strength)
-    peak = float(np.percentile(strength[::2, ::2], 99.9))  # the strongest ink, less a few outliers
+    peak = float(cv2.medianBlur(strength, 3).max())  # the strongest ink, without single-pixel outliers
     if peak < max(MIN_CONTRAST, NOISE_PEAK * noise):
         return None
     sample = strength[::2, ::2]
     middle = float(np.median(sample))  # of the paper, and its own mottling, as robust spread: ink is a minority
     grain = middle + GRAIN * 1.4826 * float(np.median(np.abs(sample - middle)))
-    across, down = photo.rule_lines(strength > max(NOISE_INK * noise, 0.25 * THRESH * peak))
+    across, down = photo.rule_lines(strength > max(NOISE_INK * noise, 0.25 * THRESH * peak, grain))
     rules = across | down
     strong = (strength > 0.3 * peak) & ~rules
     if not strong.any():
