@@ -80,9 +80,12 @@ def test_ink_unlike_any_digit_is_unsure_whatever_the_network_says(test_split):
     specks = torch.zeros(28, 28, dtype=torch.uint8)
     for y, x0 in [(5, 5), (5, 20), (20, 5), (20, 20), (12, 12)]:
         specks[y:y + 2, x0:x0 + 2] = 255
-    preds = Predictor(Recorder(), META).predict_arrays(torch.stack([blob, line, specks]))
-    assert [p.status for p in preds] == ["unsure"] * 3 and all(p.digit is None for p in preds)
-    assert ["blob" in preds[0].reason, "too wide" in preds[1].reason, "pieces" in preds[2].reason] == [True] * 3
+    grid = torch.zeros(28, 28, dtype=torch.uint8)
+    grid[4:25:5, 4:25] = grid[4:25, 4:25:5] = 255  # a patch of squared paper: 16 holes
+    preds = Predictor(Recorder(), META).predict_arrays(torch.stack([blob, line, specks, grid]))
+    assert [p.status for p in preds] == ["unsure"] * 4 and all(p.digit is None for p in preds)
+    assert ["blob" in preds[0].reason, "too wide" in preds[1].reason, "pieces" in preds[2].reason,
+            "holes" in preds[3].reason] == [True] * 4
     doubted = sum(preprocess.doubt(d) is not None for d in x[:2000])
     assert doubted <= 10  # at most 0.5% of real digits
 

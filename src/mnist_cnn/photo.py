@@ -279,6 +279,12 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return labels, stats, 2 * deepest
 
 
+def touches_frame(stats: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Which components (rows of connectedComponentsWithStats) reach the frame's edge."""
+    x, y, bw, bh = (stats[:, i] for i in range(4))
+    return (x <= 1) | (y <= 1) | (x + bw >= shape[1] - 1) | (y + bh >= shape[0] - 1)
+
+
 def stroke_like(stats: np.ndarray, width: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Which components (1..n; index 0 is False) may be pen strokes: not specks, not blobs (too
     thick for their size: a thumb, a hole, a stain), and not long thin lines left over from rules
@@ -289,7 +295,10 @@ def stroke_like(stats: np.ndarray, width: np.ndarray, shape: tuple[int, int]) ->
     longest = np.maximum(bw, bh)
     ok = np.ones(len(stats), bool)
     ok[0] = False
-    big = area[1:].max() if len(area) > 1 else 0
+    inside = ~touches_frame(stats, shape)
+    inside[0] = False
+    # Specks are small beside the biggest ink inside the frame: a desk's grain along the edge sets no scale.
+    big = area[inside].max() if inside.any() else area[1:].max(initial=0)
     ok &= area >= max(4, SPECK * big)
     shortest = np.maximum(np.minimum(bw, bh), 1)
     ok &= ~((area >= BLOB_FILL * bw * bh) & (width >= BLOB_DEPTH * shortest) & (longest <= BLOB_ASPECT * shortest)
@@ -309,9 +318,11 @@ def choose(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, several: boo
     h, w = labels.shape
     x, y, bw, bh, area = (stats[:, i].astype(np.float64) for i in range(5))
     cx, cy = x + bw / 2, y + bh / 2
-    border = (x <= 1) | (y <= 1) | (x + bw >= w - 1) | (y + bh >= h - 1)
+    border = touches_frame(stats, labels.shape)
     off = np.hypot((cx - w / 2) / w, (cy - h / 2) / h)
-    score = np.where(keep, area * np.exp(-(off / 0.35) ** 2) * np.where(border, 0.02, 1.0), -1)
+    score = np.where(keep, area * np.exp(-(off / 0.35) ** 2), -1)
+    if (keep & ~border).any():  # ink cut by the frame (a desk's grain, a sheet's edge) only when nothing else
+        score[border] = -1
     if score.max() <= 0:
         return np.zeros(len(stats), bool)
     chosen = np.zeros(len(stats), bool)
