@@ -200,13 +200,18 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if segments is None:
         return across, down
     thick = max(3.0, RULE_THICK * max(h, w))
-    band = np.zeros_like(m)
+    reach = int(thick) + 3
     for x0, y0, x1, y1 in segments.reshape(-1, 4).astype(np.float64):
         length = math.hypot(x1 - x0, y1 - y0)
         ux, uy = (x1 - x0) / length, (y1 - y0) / length
-        band[:] = 0
-        cv2.line(band, (int(x0), int(y0)), (int(x1), int(y1)), 1, thickness=int(2 * thick + 3))
+        # Only the segment's own box is looked at (a full-frame pass per segment cost most of the time).
+        bx0, by0 = max(0, int(min(x0, x1)) - reach), max(0, int(min(y0, y1)) - reach)
+        bx1, by1 = min(w, int(max(x0, x1)) + reach + 1), min(h, int(max(y0, y1)) + reach + 1)
+        band = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
+        cv2.line(band, (int(x0) - bx0, int(y0) - by0), (int(x1) - bx0, int(y1) - by0), 1,
+                 thickness=int(2 * thick + 3))
         ys, xs = np.nonzero(band)
+        ys, xs = ys + by0, xs + bx0
         signed = (xs - x0) * uy - (ys - y0) * ux  # across the line
         dist, inked = np.abs(signed), m[ys, xs].astype(bool)
         half = _half_width(dist, inked)
