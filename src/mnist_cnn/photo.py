@@ -30,7 +30,7 @@ RULE_DARKER = 1.4  # pen ink on a rule is kept when the pen's ink is this much s
 INK_CONTRAST = 0.06  # ink stands at least this far from the paper (of full scale), to tell its polarity
 CLEAR_INK = 0.15  # ink strength that is surely ink, to measure the strokes by
 SPECK = 0.04  # components under this fraction of the largest are specks
-BLOB_FILL, BLOB_DEPTH, BLOB_ASPECT = 0.6, 0.6, 2.5  # a blob fills this much of its box, is this thick for
+BLOB_FILL, BLOB_DEPTH, BLOB_ASPECT = 0.7, 0.8, 2.5  # a blob fills this much of its box, is this thick for
 # its shorter side, and is no longer than this for its width: a stain or a thumb (a 6 with its loop inked in
 # fills far less of its box; a 1 is longer)
 
