@@ -403,14 +403,13 @@ def test_json_is_parsed_off_the_event_loop_and_counted_before_conversion(predict
             big = asyncio.create_task(c.post("/api/predict/batch", content=body,
                                              headers={"content-type": "application/json"}))
             await asyncio.sleep(0.01)
-            t0 = time.perf_counter()
             health = await c.get("/healthz")
-            return await big, health, time.perf_counter() - t0
+            return await big, health
 
-    big, health, health_s = asyncio.run(go())
+    big, health = asyncio.run(go())
     assert big.status_code == 413 and "3000 images" in big.json()["detail"] and converted == []
     assert len(threads) == 1 and threads[0] is not threading.main_thread()  # the loop runs in the main thread
-    assert health.status_code == 200 and health_s < 1.0
+    assert health.status_code == 200  # (how long it waited is a timing: benchmarks/serve_abuse.py measures it)
 
 
 def test_statuses_are_those_of_the_readme(predictor):
