@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_load import free_port, make_requests  # noqa: E402
+from serve_load import free_port, make_requests, wait_healthy  # noqa: E402
 
 from mnist_cnn import data  # noqa: E402
 
@@ -53,16 +53,7 @@ def start_server(port: int, log) -> subprocess.Popen:
     cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # noqa: E731
     server = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "serve", "--port", str(port), "--log-level",
                                "warning"], stdout=subprocess.DEVNULL, stderr=log, preexec_fn=cap)
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=1).read()
-            return server
-        except OSError:
-            if server.poll() is not None:
-                raise SystemExit(f"the server exited with code {server.returncode}")
-            time.sleep(0.1)
-    server.terminate()
-    raise SystemExit("the server did not start within 60 s")
+    return wait_healthy(server, port)
 
 
 # ------------------------------------------------------------ payloads

@@ -115,7 +115,11 @@ def start_server(port: int, backend: str, model: str | None, threads: int, worke
            "--backend", backend, "--threads", str(threads), "--workers", str(workers)]
     if model:
         cmd += ["--model", model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    return wait_healthy(subprocess.Popen(cmd, stdout=subprocess.DEVNULL), port)
+
+
+def wait_healthy(proc: subprocess.Popen, port: int) -> subprocess.Popen:
+    """`proc`, once its server on loopback answers /healthz (60 s at most)."""
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
