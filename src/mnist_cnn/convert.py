@@ -80,7 +80,7 @@ def convert(src: Path, out: Path, arch: str = "seed") -> dict:
     if missing or unexpected or wrong:
         found = [f"missing {', '.join(missing)}"] * bool(missing) + \
                 [f"unexpected {', '.join(unexpected)}"] * bool(unexpected) + sorted(wrong)
-        raise ValueError(f"{src}: not the weights of {ARCHS[arch]}: {'; '.join(found)}"[:400])
+        raise ValueError(f"{src}: not the weights of --arch {arch}, {ARCHS[arch]}: {'; '.join(found)}"[:400])
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     meta = train.model_metadata(cfg)  # the recipe's architecture, normalization, classes and config
     meta["converted_from"] = {"file": src.name, "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
