@@ -7,38 +7,15 @@ import subprocess
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from seed_notebook import Net
 
 from mnist_cnn import checkpoint, cli
 
 
-class Net(nn.Module):
-    """The seed notebook's network, copied as it is written there (In [4])."""
-
-    def __init__(self):
-        super(Net, self).__init__()
-        self.conv1 = nn.Conv2d(1, 150, 5, stride=1, padding=2)
-        self.conv2 = nn.Conv2d(150, 64, 5, stride=1, padding=2)
-        self.fc1 = nn.Linear(64*7*7, 1024)
-        self.fc2 = nn.Linear(1024, 500)
-        self.fc3 = nn.Linear(500, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = x.view(-1, 64*7*7)
-        x = F.relu(self.fc1(x))
-        x = F.dropout(x, training=self.training)
-        x = F.relu(self.fc2(x))
-        x = F.dropout(x, training=self.training)
-        x = self.fc3(x)
-        return F.log_softmax(x, dim=1)  # the notebook's torch 0.3 chose dim=1 for 2-D input by itself
-
-
 @pytest.fixture(scope="module")
 def notebook(tmp_path_factory):
-    """The notebook's network with random weights, saved as `torch.save(net.state_dict(), ...)`."""
+    """The notebook's own network (tests/seed_notebook.py) with random weights, saved with torch.save(state_dict)."""
     torch.manual_seed(0)
     net = Net().eval()
     path = tmp_path_factory.mktemp("notebook") / "notebook_model.pt"

@@ -110,13 +110,24 @@ def test_save_processed_keeps_same_named_inputs_apart(tmp_path):
     assert np.array_equal(np.asarray(Image.open(second[0])), img.numpy())
 
 
-def test_onnx_backend_goes_through_export_load_onnx(monkeypatch):
-    from mnist_cnn import export
+@pytest.mark.slow  # the ONNX exporter takes seconds to load
+def test_onnx_backend_answers_like_the_torch_backend_on_a_real_export(tmp_path):
+    """A small random-weight network, saved as a checkpoint and exported to ONNX: both backends, same answers."""
+    pytest.importorskip("onnxruntime", reason="the onnx backend needs the export extra")
+    pytest.importorskip("onnxscript", reason="exporting needs the export extra")
+    from mnist_cnn import data, export, models
 
-    calls = []
-    monkeypatch.setattr(export, "load_onnx", lambda path: calls.append(path) or (Recorder(), META))
-    predictor = Predictor.from_path("model.onnx", backend="onnx")
-    assert calls == ["model.onnx"] and predictor.meta is META
+    torch.manual_seed(0)
+    model = models.build_model("bnnet", widths=[4, 8]).eval()
+    meta = checkpoint.make_metadata("bnnet", {"widths": [4, 8]}, data.MNIST_MEAN, data.MNIST_STD, {"recipe": "test"})
+    checkpoint.save_model(tmp_path / "tiny.safetensors", model, meta)
+    export.to_onnx(model, tmp_path / "plain.onnx")
+    export.write_with_contract(tmp_path / "plain.onnx", tmp_path / "tiny.onnx", meta)
+    x = torch.randint(0, 256, (7, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    eager = Predictor.from_path(tmp_path / "tiny.safetensors", min_confidence=0).predict_arrays(x)
+    onnx = Predictor.from_path(tmp_path / "tiny.onnx", backend="onnx", min_confidence=0).predict_arrays(x)
+    assert [p.topk[0][0] for p in onnx] == [p.topk[0][0] for p in eager]
+    assert np.allclose([p.probabilities for p in onnx], [p.probabilities for p in eager], atol=1e-5)
     with pytest.raises(ValueError, match="backend"):
         Predictor.from_path(None, backend="tflite")
 
