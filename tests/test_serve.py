@@ -573,6 +573,7 @@ def test_idle_connections_are_closed_so_they_cannot_lock_everyone_out(predictor,
         thread.join(15)
 
 
+@pytest.mark.slow  # the ONNX exporter takes seconds to load
 def test_onnx_backend_refuses_a_model_that_cannot_work(predictor, tmp_path, monkeypatch, capsys):
     from mnist_cnn import export
 
