@@ -9,3 +9,7 @@ run="runs/main-$(date +%Y%m%d-%H%M%S)"
 .venv/bin/mnist-cnn train --out "$run" "$@"
 .venv/bin/mnist-cnn evaluate "$run"
 echo "run folder: $run"
+echo
+echo "Next, use your model ('latest' is the newest run in runs/, this one):"
+echo "  .venv/bin/mnist-cnn predict --model latest my_digit.jpg   # a photo or scan of a digit"
+echo "  .venv/bin/mnist-cnn serve --model latest                  # draw digits at http://localhost:8000/"

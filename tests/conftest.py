@@ -1,10 +1,22 @@
-"""Shared fixtures: the real MNIST data, acquired once per test session."""
+"""Shared fixtures: the real MNIST data, acquired once per test session.
+
+A test that uses the real data (`mnist_dir` or `test_split`, directly or through another
+fixture) is marked `slow` here, so `pytest -m "not slow"` runs without it, in well under a minute.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from mnist_cnn import data
+
+REAL_DATA = {"mnist_dir", "test_split"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if REAL_DATA & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -7,20 +7,27 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 from PIL import Image
-from playwright.sync_api import sync_playwright
 
-from mnist_cnn import preprocess, serve
-from mnist_cnn.predict import Predictor
+pytestmark = pytest.mark.slow  # a real browser: seconds per test
+uvicorn = pytest.importorskip("uvicorn", reason="the browser test needs the serve extra: pip install -e '.[serve]'")
+sync_playwright = pytest.importorskip(
+    "playwright.sync_api", reason="the browser test needs playwright: pip install -e '.[dev]'").sync_playwright
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if not CHROMIUM:
+    pytest.skip("the browser test needs Chromium: apt-get install chromium, or set CHROMIUM=/path/to/it",
+                allow_module_level=True)
 
-CHROMIUM = "/usr/bin/chromium"
+from mnist_cnn import preprocess, serve  # noqa: E402 (after the skips: serve needs fastapi)
+from mnist_cnn.predict import Predictor  # noqa: E402
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

@@ -7,6 +7,7 @@ import io
 import pickle
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -122,11 +123,20 @@ def test_clear_error_when_every_source_fails(tmp_path):
     assert not any((tmp_path / name).exists() for name in data.SHA256)  # nothing half-written
 
 
-def test_cli_reports_failure_without_traceback(tmp_path, monkeypatch):
+def test_cli_reports_failure_without_traceback(tmp_path, monkeypatch, capsys):
     from mnist_cnn import cli
 
     monkeypatch.setattr(data, "default_sources", lambda: [("nowhere", lambda: 1 / 0)])
     assert cli.main(["data", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: could not acquire MNIST. Tried:\n")
+    # The one multi-line message: the sources tried, one line each, and what to do by hand.
+    assert err.splitlines()[1:3] == ["  - nowhere: ZeroDivisionError: division by zero",
+                                     f"To install it by hand, place the four uncompressed files "
+                                     f"({', '.join(data.SHA256)}) in {tmp_path}"]
+    (tmp_path / "a_file").write_text("")
+    assert cli.main(["data", "--data-dir", str(tmp_path / "a_file" / "cache")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'a_file' / 'cache'}: Not a directory\n"
 
 
 @pytest.mark.slow
@@ -151,14 +161,30 @@ def test_load_mnist_split_is_fixed_and_disjoint(mnist_dir):
 
 
 def test_concurrent_acquisition_is_safe(mnist_dir, tmp_path):
-    """Two processes acquiring into one empty cache at once both end with verified files."""
-    code = (
-        "import sys; from pathlib import Path; from mnist_cnn import data;"
-        "src = Path(sys.argv[2]);"
-        "data.acquire(Path(sys.argv[1]), sources=[('copy', lambda: {n: (src / n).read_bytes() for n in data.SHA256})])"
-    )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(mnist_dir)]) for _ in range(2)]
-    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    """Two processes acquiring into one empty cache at once: one fetches, the other waits for it, and both end
+    with verified files. (Without the lock both fetch, and each sees the other's half-finished work.)"""
+    code = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from mnist_cnn import data
+
+        cache, src, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+        def fetch():
+            with open(cache.parent / "fetches.txt", "a") as log:
+                log.write(me + "\\n")
+            time.sleep(1.0)  # a slow download: the other process arrives while it runs
+            return {n: (src / n).read_bytes() for n in data.SHA256}
+
+        (cache.parent / f"ready-{me}").touch()  # start together, after the (slow, uneven) imports
+        while len(list(cache.parent.glob("ready-*"))) < 2:
+            time.sleep(0.01)
+        data.acquire(cache, sources=[("copy", fetch)])
+    """)
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(cache), str(mnist_dir), str(i)]) for i in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert len((tmp_path / "fetches.txt").read_text().split()) == 1  # the second waited and found a verified cache
     for name, digest in data.SHA256.items():
-        assert data.sha256((tmp_path / name).read_bytes()) == digest
-    assert not list(tmp_path.glob("*.tmp"))
+        assert data.sha256((cache / name).read_bytes()) == digest
+    assert not list(cache.glob("*.tmp"))

@@ -17,6 +17,7 @@ from mnist_cnn.predict import Predictor
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
 LABELS = json.loads((PHOTOS / "labels.json").read_text())
+pytestmark = pytest.mark.slow  # reading the photos takes seconds
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from mnist_cnn import cli, figures, report, runs
+from mnist_cnn import cli, data, figures, report, runs
 from mnist_cnn.data import MNIST, MNIST_MEAN, MNIST_STD
 from mnist_cnn.evaluate import evaluate
 
@@ -152,7 +152,7 @@ def run_dir(tmp_path_factory, mnist_dir):
     """A real (tiny) training run through the CLI, which writes its report at the end."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli.data, "load_mnist", smaller(cli.data.load_mnist))
+        mp.setattr(data, "load_mnist", smaller(data.load_mnist))
         assert cli.main(["train", "--recipe", "fast", "--epochs", "1", "--limit-train", "1000", "--device", "cpu",
                          "--data-dir", str(mnist_dir), "--out", str(out)]) == 0
     return out
@@ -191,8 +191,8 @@ def test_html_numbers_match_metrics_json(run_dir):
 
 
 def test_evaluate_report_into_another_folder(run_dir, mnist_dir, tmp_path, capsys, monkeypatch):
-    read_split = cli.data.read_split
-    monkeypatch.setattr(cli.data, "read_split", lambda folder, split: [t[:1500] for t in read_split(folder, split)])
+    read_split = data.read_split
+    monkeypatch.setattr(data, "read_split", lambda folder, split: [t[:1500] for t in read_split(folder, split)])
     out = tmp_path / "rep"
     assert cli.main(["evaluate", str(run_dir), "--report", "--report-dir", str(out), "--json", "--device", "cpu",
                      "--data-dir", str(mnist_dir)]) == 0

@@ -514,6 +514,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # waits out a real header timeout
 @pytest.mark.parametrize("parser", ["PROTOCOL", "GuardedH11"])  # uvicorn's choice (httptools), and h11
 def test_idle_connections_are_closed_so_they_cannot_lock_everyone_out(predictor, parser):
     """300 sockets that never finish their headers once gave every request 503 for as long as they stayed open."""
@@ -572,6 +573,7 @@ def test_idle_connections_are_closed_so_they_cannot_lock_everyone_out(predictor,
         thread.join(15)
 
 
+@pytest.mark.slow  # the ONNX exporter takes seconds to load
 def test_onnx_backend_refuses_a_model_that_cannot_work(predictor, tmp_path, monkeypatch, capsys):
     from mnist_cnn import export
 

@@ -140,6 +140,7 @@ def test_a_batch_over_its_pixel_budget_gets_413_before_any_decoding(predictor, m
     assert decoded == []
 
 
+@pytest.mark.slow  # waits out a timeout, then watches the CPU
 def test_work_stops_when_the_request_times_out(server):
     """The thread used to run on for tens of seconds after the 503 (27 s of CPU for a 1000x30 bar)."""
     url, pid = server(work_timeout_s=1.0)
@@ -152,6 +153,7 @@ def test_work_stops_when_the_request_times_out(server):
     assert burned < 0.5, f"the server burned {burned:.2f} s of CPU in the 2 s after its 503"
 
 
+@pytest.mark.slow  # decodes 64 four-megapixel images
 def test_memory_is_bounded_for_many_large_images_at_once(server):
     """The issue's case, scaled to fit the tests: 64 images of 4000x4000 at once took 9.2 GB. Here 4 batches at
     once, each of 16 images of 2000x2000 (within the batch budget): the images decode a few at a time."""

@@ -87,6 +87,10 @@ def read_header(raw: bytes, path: Path) -> tuple[dict[str, tuple[int, ...]], dic
     except (ValueError, RecursionError):
         header = None
     if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+        if Path(path).suffix.lower() in (".pt", ".pth") or raw[:4] == b"PK\x03\x04" or raw[:2] == b"\x80\x02":
+            # torch.save writes a zip (or, before torch 1.6, a pickle): most likely a bare state_dict
+            raise CheckpointError(f"{path}: a torch.save file, not a mnist-cnn checkpoint; for a state_dict of the "
+                                  f"seed notebook's network: mnist-cnn convert {path} --arch seed --out model.safetensors")
         raise CheckpointError(f"{path}: not a valid safetensors file (truncated or corrupt?)")
     strings = header.pop("__metadata__", None) or {}
     shapes = {name: tuple(info.get("shape", ())) for name, info in header.items()}

@@ -1,11 +1,13 @@
 """The `mnist-cnn` command line: a thin edge that parses flags, picks the device, prints.
 
+The flags live in cli_args.py. Each command imports the stages it uses when it runs,
+so `--help` and usage errors never wait for torch.
+
     mnist-cnn --help
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -13,43 +15,32 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from . import checkpoint, data, distributed
-from .evaluate import evaluate
-from .recipes import RECIPES, config_from_dict, get_config
+from . import cli_args
+from .recipes import config_from_dict, get_config
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto"):
     """Choose the device once, here at the edge: CUDA, then MPS, then CPU."""
+    import torch
+
+    from . import distributed
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda, but this torch has no CUDA device (see README: GPU set-up)")
+        raise ValueError("--device cuda, but this torch has no CUDA device (see README: GPU set-up)")
+    if name == "mps" and not mps:
+        raise ValueError("--device mps, but this torch has no MPS device (Apple silicon with macOS 12.3 or later)")
     if name == "cuda" and distributed.is_distributed():
         return torch.device("cuda", distributed.local_rank())
     return torch.device(name)
 
 
-def int_in(low: int, high: int | None = None):
-    """An argparse type: an integer in [low, high], so a bad number is a usage error, not a traceback."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {low} or more" if high is None else
-                                             f"must be from {low} to {high}")
-        return value
-    parse.__name__ = "integer"  # argparse says "invalid integer value" for text that is not one
-    return parse
-
-
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -57,6 +48,8 @@ def seed_everything(seed: int) -> None:
 
 def say(*args, **kwargs) -> None:
     """Print on rank 0 only, so torchrun jobs print one copy."""
+    from . import distributed
+
     if distributed.is_main():
         print(*args, **kwargs, flush=True)
 
@@ -65,6 +58,8 @@ def say(*args, **kwargs) -> None:
 
 
 def cmd_data(args) -> int:
+    from . import data
+
     folder = data.acquire(args.data_dir, log=say)
     for name in data.SHA256:
         say(f"  {name}  sha256 ok")
@@ -85,12 +80,15 @@ def resolve_config(args):
 
 
 def cmd_train(args) -> int:
+    from . import distributed
+
     # Under torchrun: join the process group; a lost rank becomes a clear error, not a hang.
-    with distributed.session(args.device, args.dist_timeout):
+    with distributed.session(args.device, args.dist_timeout or distributed.DEFAULT_TIMEOUT_S):
         return run_training(args)
 
 
 def run_training(args) -> int:
+    from . import distributed
     from .runs import train_run
 
     cfg = resolve_config(args)
@@ -116,6 +114,11 @@ def run_training(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from . import checkpoint, data
+    from .evaluate import evaluate
+
     device = pick_device(args.device)
     model, meta = checkpoint.load_model(args.checkpoint, device)
     cfg = meta.get("config", {})
@@ -192,6 +195,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import torch
+
+    from . import checkpoint
+
     try:  # fastapi and uvicorn are the optional extra "serve"
         from . import serve
     except ImportError as exc:
@@ -274,111 +281,39 @@ def printable(name: str, encoding: str | None) -> str:
     return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
+# ------------------------------------------------------------------ convert
+
+
+def cmd_convert(args) -> int:
+    from .convert import ARCHS, convert
+
+    report = convert(args.file, args.out or args.file.with_suffix(".safetensors"), args.arch)
+    out = report["out"]
+    print(f"{args.file}: {ARCHS[args.arch]}, {report['parameters']:,} parameters")
+    print(f"wrote {out}; reloaded, it gives the same logits (max |diff| {report['max_abs_logit_diff']:.1e})")
+    print(f"use it: mnist-cnn evaluate {out}  |  mnist-cnn predict --model {out} my_digit.jpg")
+    return 0
+
+
 # ------------------------------------------------------------------- parser
 
+COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "runs": cmd_runs,
+            "compare": cmd_compare, "export": cmd_export, "serve": cmd_serve, "predict": cmd_predict,
+            "convert": cmd_convert}
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mnist-cnn", description="Handwritten-digit recognition with CNNs.")
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_common(p):
-        p.add_argument("--data-dir", type=Path, default=None,
-                       help="MNIST cache (default: $MNIST_CNN_DATA or ~/.cache/mnist-cnn)")
-
-    p = sub.add_parser("data", help="acquire and verify MNIST")
-    add_common(p)
-    p.set_defaults(func=cmd_data)
-
-    p = sub.add_parser("train", help="train a recipe, then evaluate it on the test set")
-    add_common(p)
-    p.add_argument("--recipe", default="default", choices=list(RECIPES))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--limit-train", type=int, metavar="N", help="train on N images only")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--ensemble", type=int, metavar="N", help="train N models (seeds S..S+N-1), average them")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder (default runs/RECIPE-TIME)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars and images "
-                   "(needs the tensorboard extra)")
-    p.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                   help="torchrun: how long a rank waits for the others before the job fails (default %(default)g)")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="score a checkpoint on the MNIST test set")
-    add_common(p)
-    p.add_argument("checkpoint", nargs="?", type=Path, help="checkpoint or run folder (default: shipped model)")
-    p.add_argument("--samples", type=int_in(0), default=10, help="random test images to show")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--report", action="store_true", help="write figures and index.html into the run's report/")
-    p.add_argument("--report-dir", type=Path, metavar="DIR", help="write the report here instead")
-    p.add_argument("--tensorboard", action="store_true", help="with the report, TensorBoard scalars and images")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("runs", help="list the training runs in a folder")
-    p.add_argument("folder", nargs="?", type=Path, default=Path("runs"), help="folder of runs (default: runs)")
-    from .runs import SORT_KEYS  # light: matplotlib loads only when a command draws
-    p.add_argument("--sort", default="acc", choices=list(SORT_KEYS), help="order (default acc: best first)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_runs)
-
-    p = sub.add_parser("compare", help="put runs side by side, with their curves on one figure")
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN")
-    p.add_argument("--out", type=Path, default=Path("compare.png"), help="figure path (default compare.png)")
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (optionally int8), verified against PyTorch")
-    add_common(p)
-    p.add_argument("--model", type=Path, metavar="CHECKPOINT", help="checkpoint or run folder (default: shipped model)")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--int8", action="store_true", help="static int8 quantization calibrated on training images")
-    p.add_argument("--calibration-images", type=int_in(1), metavar="N", help="training images for --int8 "
-                   "(default 2000)")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("serve", help="serve the draw-a-digit page and the REST API")
-    p.add_argument("--model", type=Path, metavar="CHECKPOINT", help="checkpoint, run folder or .onnx file "
-                   "(default: shipped model)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--allowed-host", action="append", metavar="NAME", help="a Host name clients (or a reverse "
-                   "proxy) use to reach the server; repeatable, '*' for any (default: loopback names and --host)")
-    p.add_argument("--port", type=int_in(1, 65535), default=8000)
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
-                   help="torch backend device (default cpu: fastest for one image at a time)")
-    p.add_argument("--threads", type=int_in(1), default=1, help="intra-op threads of torch or ONNX Runtime")
-    p.add_argument("--workers", type=int_in(1), default=1, help="server processes, each with its own copy of the "
-                   "model: image preprocessing holds the GIL, so more processes can use more cores")
-    p.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
-                   help='below this probability the answer says "unsure"')
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("predict", help="recognize digits in your own images (files, folders, globs, - for stdin)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders of images, globs, or - (stdin)")
-    p.add_argument("--model", type=Path, metavar="CHECKPOINT", help="checkpoint, run folder or (onnx) .onnx file "
-                   "(default: shipped model)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
-    p.add_argument("--format", default="text", choices=["text", "json", "csv"],
-                   help="text for people; json (one object per line) or csv for programs")
-    p.add_argument("--topk", type=int_in(1, 10), default=3, metavar="K", help="alternatives to show (default 3)")
-    p.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
-                   help='answer "unsure" when the best probability is below P (default 0.5; 0: answer '
-                   'whenever the ink looks like a digit)')
-    p.add_argument("--save-processed", type=Path, metavar="DIR", help="write the 28x28 images the network saw")
-    p.add_argument("--multi", action="store_true", help="read a number of several digits, left to right")
-    p.set_defaults(func=cmd_predict)
+def build_parser():
+    """cli_args' parser, each subcommand bound to its function here."""
+    parser = cli_args.build_parser()
+    for name, sub in cli_args.subcommands(parser).items():
+        sub.set_defaults(func=COMMANDS[name])
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from . import checkpoint, data, distributed  # after parsing: --help and usage errors never import torch
+
     try:
         return args.func(args)
     except (data.DataError, checkpoint.CheckpointError, distributed.DistributedError, ValueError) as exc:

@@ -1,10 +1,16 @@
-"""Progress display for the CLI: a tqdm bar plus the notebook's log line every N steps.
+"""Progress display for the CLI: a tqdm bar on a terminal, plain lines in a log; the notebook's log line every N steps.
+
+When stderr is not a terminal (CI, nohup, `2> train.log`), a redrawn bar would leave
+hundreds of carriage-return updates in the file, so there is no bar, only lines: one per
+epoch and the notebook's "Train Step" line every `log_every` steps.
 
     mnist-cnn train --recipe fast
+    mnist-cnn train --recipe fast 2>&1 | cat   # lines only
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 from tqdm import tqdm
@@ -12,15 +18,24 @@ from tqdm import tqdm
 REDRAW_S = 0.5  # the bar redraws at most this often, so its numbers need not change faster
 
 
-class TrainProgress:
-    """Callbacks for `train.train` that draw a bar and print the notebook-style lines."""
+def is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
-    def __init__(self, cfg, n_train: int, enabled: bool = True):
+
+class TrainProgress:
+    """Callbacks for `train.train` that draw a bar (on a terminal) and print the notebook-style lines."""
+
+    def __init__(self, cfg, n_train: int, enabled: bool = True, stream=None):
         self.cfg = cfg
-        steps = max(1, n_train // cfg.batch_size) * cfg.epochs * cfg.ensemble
-        self.bar = tqdm(total=steps, unit="step", dynamic_ncols=True, disable=not enabled,
-                        leave=False, mininterval=REDRAW_S)
+        stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
+        self.live = enabled and is_terminal(stream)  # a bar only where it is redrawn in place
+        steps = max(1, n_train // cfg.batch_size) * cfg.epochs * cfg.ensemble
+        self.bar = tqdm(total=steps, unit="step", dynamic_ncols=True, disable=not self.live, file=stream,
+                        leave=False, mininterval=REDRAW_S)
         self.shown = float("-inf")  # when the postfix was last set
 
     def __enter__(self):
@@ -29,7 +44,17 @@ class TrainProgress:
     def __exit__(self, *exc):
         self.bar.close()
 
+    def write(self, line: str) -> None:
+        if self.live:
+            self.bar.write(line)  # above the bar, which is redrawn below it
+        elif self.enabled:
+            print(line, flush=True)
+
     def step(self, row: dict) -> None:
+        if row["step"] % self.cfg.log_every == 0:
+            self.write(f"Train Step: {row['step']}\tLoss: {row['loss']:.10f}\tAccuracy: {row['acc']:.10f}")
+        if not self.live:
+            return
         if self.bar.n == 0 and row["step"]:  # resumed: jump to where the run left off
             self.bar.update(row["step"])
         self.bar.update(1)
@@ -38,11 +63,7 @@ class TrainProgress:
             self.shown = now
             self.bar.set_postfix(epoch=row["epoch"] + 1, loss=f"{row['loss']:.4f}", acc=f"{row['acc']:.1f}",
                                  refresh=False)
-        if self.enabled and row["step"] % self.cfg.log_every == 0:
-            self.bar.write(f"Train Step: {row['step']}\tLoss: {row['loss']:.10f}\tAccuracy: {row['acc']:.10f}")
 
     def epoch(self, row: dict, model=None) -> None:
-        if not self.enabled:
-            return
         val = f", validation accuracy {row['val_acc']:.2f}%" if "val_acc" in row else ""
-        self.bar.write(f"epoch {row['epoch']}/{self.cfg.epochs}: {row['seconds']:.1f} s{val}")
+        self.write(f"epoch {row['epoch']}/{self.cfg.epochs}: {row['seconds']:.1f} s{val}")
