@@ -203,3 +203,18 @@ def test_cli_predict_refuses_a_nan_checkpoint_in_one_line(saved, tmp_path, capsy
     assert cli.main(["predict", "--model", str(crafted), "--format", "json", str(path)]) == 1
     out = capsys.readouterr()
     assert out.out == "" and out.err.startswith("error: ") and "NaN" in out.err and out.err.count("\n") == 1
+
+
+def test_a_loaded_calibrated_model_saves_and_reloads(saved, tmp_path):
+    """load_model wraps a calibrated network; saving that wrapper once wrote "model."-prefixed keys it refused."""
+    path, model, cfg = saved
+    first = tmp_path / "calibrated.safetensors"
+    checkpoint.save_model(first, model, train.model_metadata(cfg, temperature=0.5))
+    loaded, meta = checkpoint.load_model(first)
+    again = tmp_path / "again.safetensors"
+    checkpoint.save_model(again, loaded, meta)
+    reloaded, meta2 = checkpoint.load_model(again)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), loaded(x))
+    assert meta2["temperature"] == 0.5
