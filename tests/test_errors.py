@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from PIL import Image
 
 from mnist_cnn import cli, preprocess
 
-ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(preprocess.__file__).resolve().parents[1]  # the checkout under test, for subprocesses
 
 
 def test_a_bug_that_raises_valueerror_keeps_its_traceback(monkeypatch):
@@ -38,8 +39,9 @@ def test_a_bug_prints_a_traceback_from_the_command_line(tmp_path):
     Image.new("L", (28, 28)).save(image)
     code = ("import sys; from mnist_cnn import cli, preprocess; preprocess.to_mnist = lambda img: 1 / 0; "
             "sys.exit(cli.main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
     done = subprocess.run([sys.executable, "-c", code, "predict", str(image)], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+                          timeout=120, cwd=tmp_path, env=env)
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr and "ZeroDivisionError" in done.stderr
 

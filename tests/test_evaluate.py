@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mnist_cnn import checkpoint, cli, data, figures
-from mnist_cnn.evaluate import evaluate, fit_temperature, metrics_from_logits
+from mnist_cnn.evaluation import evaluate, fit_temperature, metrics_from_logits
 
 
 def test_metrics_match_a_hand_computed_confusion_matrix():

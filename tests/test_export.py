@@ -14,7 +14,7 @@ import torch
 
 from mnist_cnn import checkpoint, cli, data, export, models
 from mnist_cnn.augment import to_float
-from mnist_cnn.evaluate import evaluate
+from mnist_cnn.evaluation import evaluate
 
 SHIPPED = None  # the model shipped in the package
 

@@ -340,12 +340,12 @@ def test_read_bounded_reads_pipes_with_a_writer(tmp_path):
 
 def test_predictor_uses_the_forward_that_evaluate_measured():
     """A TTA recipe's accuracy is measured with TTA; the Predictor once served a single pass (99.64% vs 99.67%)."""
-    from mnist_cnn import train
-    from mnist_cnn.evaluate import predict_logits
+    from mnist_cnn import training
+    from mnist_cnn.evaluation import predict_logits
     from mnist_cnn.recipes import get_config
 
     cfg = get_config("fast", tta=True)
-    model = train.build(cfg, "cpu").eval()
+    model = training.build(cfg, "cpu").eval()
     meta = {**META, "mean": 0.1307, "std": 0.3081, "config": {"tta": True}}
     x = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
     served = torch.tensor([p.probabilities for p in Predictor(model, meta).predict_arrays(x)])

@@ -489,7 +489,7 @@ def test_cross_origin_posts_are_refused_before_any_work(predictor, digits):
 
 
 def test_cli_serve_passes_allowed_hosts_and_refuses_a_broken_model(tmp_path, capsys, monkeypatch):
-    from mnist_cnn import checkpoint, train
+    from mnist_cnn import checkpoint, training
     from mnist_cnn.recipes import get_config
 
     calls = []
@@ -500,10 +500,10 @@ def test_cli_serve_passes_allowed_hosts_and_refuses_a_broken_model(tmp_path, cap
     assert "answering for any Host header" in capsys.readouterr().out
     cfg = get_config("fast")
     bad = tmp_path / "nan.safetensors"
-    model = train.build(cfg, "cpu")
+    model = training.build(cfg, "cpu")
     with torch.no_grad():
         model.head.bias[0] = float("nan")
-    checkpoint.save_model(bad, model, train.model_metadata(cfg))
+    checkpoint.save_model(bad, model, checkpoint.model_metadata(cfg))
     assert main(["serve", "--model", str(bad)]) == 1 and len(calls) == 2  # refused before listening
     assert "NaN or infinite" in capsys.readouterr().err
 

@@ -10,31 +10,16 @@ import json
 import os
 import random
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import checkpoint, data, distributed
-from .evaluate import evaluate
+from .distributed import pick_device
+from .errors import UserError
+from .evaluation import evaluate, forward_label, uses_tta
 from .recipes import RECIPES, config_from_dict, get_config
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """Choose the device once, here at the edge: CUDA, then MPS, then CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda, but this torch has no CUDA device (see README: GPU set-up)")
-    if name == "cuda" and distributed.is_distributed():
-        return torch.device("cuda", distributed.local_rank())
-    return torch.device(name)
 
 
 def int_in(low: int, high: int | None = None):
@@ -76,11 +61,14 @@ def cmd_data(args) -> int:
 
 
 def resolve_config(args):
-    if args.resume:
-        from .runs import read_config
-        return config_from_dict(read_config(args.resume))
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "limit_train": args.limit_train, "compile": args.compile or None, "ensemble": args.ensemble}
+    if args.resume:  # the run's config with these flags applied; the job refuses those it cannot take
+        import dataclasses
+
+        from .runs import read_config
+        cfg = config_from_dict(read_config(args.resume))
+        return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     return get_config(args.recipe, **overrides)
 
 
@@ -91,7 +79,8 @@ def cmd_train(args) -> int:
 
 
 def run_training(args) -> int:
-    from .runs import train_run
+    from .pipeline import train_run
+    from .runs import new_run_dir
 
     cfg = resolve_config(args)
     if args.tensorboard:
@@ -99,14 +88,14 @@ def run_training(args) -> int:
         require_tensorboard()  # fail now, not after training
     device = pick_device(args.device)
     seed_everything(cfg.seed)
-    run_dir = Path(args.resume or args.out or f"runs/{cfg.recipe}-{datetime.now():%Y%m%d-%H%M%S}")
+    run_dir = Path(args.resume or args.out or new_run_dir(cfg.recipe))
     run_dir = distributed.broadcast_object(run_dir)  # ranks' clocks may straddle a second
     epochs = f"{cfg.epochs} epoch" + ("" if cfg.epochs == 1 else "s")
     say(f"recipe {cfg.recipe}: {cfg.model} for {epochs}, batch {cfg.batch_size}, "
         f"on {device} x{distributed.world_size()} -> {run_dir}")
     metrics = train_run(cfg, run_dir, device, args.data_dir, resume=bool(args.resume), tensorboard=args.tensorboard,
-                        log=say)
-    say(f"test accuracy {metrics['test_accuracy']:.2f}% ({metrics['test_images']} images), "
+                        progress=True, log=say)
+    say(f"test accuracy {metrics['test_accuracy']:.2f}% ({metrics['test_images']} images, {metrics['test_forward']}), "
         f"trained in {metrics['train_seconds']:.0f} s")
     say(f"outputs in {run_dir}/ (model.safetensors, metrics.json, history.json, config.json, report/index.html)")
     return 0
@@ -183,7 +172,8 @@ def cmd_export(args) -> int:
     if "int8" in report:
         q = report["int8"]
         print(f"int8 (calibrated on {q['calibration_images']} training images): test accuracy "
-              f"{q['int8_accuracy']:.2f}% vs fp32 {q['fp32_accuracy']:.2f}% (drop {q['drop']:+.2f} points)")
+              f"{q['int8_accuracy']:.2f}% vs fp32 {q['fp32_accuracy']:.2f}% (drop {q['drop']:+.2f} points, "
+              f"{q['forward']})")
     print(f"wrote {report['out']} ({report['precision']}, {report['bytes'] / 1e6:.2f} MB, dynamic batch)")
     return 0
 
@@ -199,10 +189,12 @@ def cmd_serve(args) -> int:
     device = pick_device(args.device) if args.backend == "torch" else torch.device("cpu")
     options = {"model": str(args.model) if args.model else None, "backend": args.backend, "device": str(device),
                "threads": args.threads, "min_confidence": args.min_confidence}
+    torch.set_num_threads(args.threads)  # the process's setting, so here at the edge (workers: serve.worker_app)
     predictor = serve.load_predictor(**options)  # here, so a bad model is a clear error before anything starts
     acc = predictor.meta.get("metrics", {}).get("test_accuracy")
+    measured = f", test accuracy {acc:.2f}% {forward_label(uses_tta(predictor.meta))}" if acc is not None else ""
     print(f"model {args.model or checkpoint.default_model_path()} ({predictor.meta['arch']}, {args.backend}"
-          + (f", test accuracy {acc:.2f}%" if acc is not None else "") + f"), {args.workers} worker(s)", flush=True)
+          f"{measured}), {args.workers} worker(s)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}, reachable from other machines", flush=True)
     hosts = serve.guards.allowed_hosts(args.host, args.allowed_host)
@@ -227,7 +219,7 @@ def cmd_predict(args) -> int:
         try:
             args.save_processed.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ValueError(f"--save-processed {args.save_processed}: {exc.strerror or exc}") from None
+            raise UserError(f"--save-processed {args.save_processed}: {exc.strerror or exc}") from None
     try:
         failed, total = _print_predictions(args, predictor, predict_inputs(
             predictor, iter_inputs(args.paths, getattr(sys.stdin, "buffer", None)), multi=args.multi))
@@ -381,7 +373,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (data.DataError, checkpoint.CheckpointError, distributed.DistributedError, ValueError) as exc:
+    except UserError as exc:  # a mistake to fix (errors.py); anything else is a bug, and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a folder that cannot be made, a disk that is full: the user's to fix, no traceback

@@ -150,6 +150,26 @@ def with_temperature(model: nn.Module, temperature: float) -> nn.Module:
     return model if temperature == 1.0 else Calibrated(model, temperature)
 
 
+def unwrap(model: nn.Module) -> tuple[nn.Module, float]:
+    """(the network inside every wrapper, the temperature its wrappers divide logits by).
+
+    The one place that knows the wrappers: DistributedDataParallel (`.module`), torch.compile
+    (`._orig_mod`) and `Calibrated` (`.model`). Weights are saved from the network, and the
+    temperature goes into the checkpoint's metadata, so that `load_model` can wrap it again.
+    """
+    temperature = 1.0
+    while True:
+        if isinstance(model, Calibrated):
+            temperature *= model.temperature
+            model = model.model
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model, temperature
+
+
 REGISTRY = {"seed": SeedNet, "reference": ReferenceNet, "bnnet": BNNet, "ensemble": Ensemble}
 
 

@@ -1,4 +1,8 @@
-"""Progress display for the CLI: a tqdm bar plus the notebook's log line every N steps.
+"""Progress display, opt-in: a tqdm bar (a widget in a notebook, via tqdm.auto) plus the notebook's log line
+every N steps.
+
+A step's loss and accuracy are tensors on the training device until its epoch ends; reading one waits for
+the device, so they are read only when the bar redraws (at most every REDRAW_S) or a log line is due.
 
     mnist-cnn train --recipe fast
 """
@@ -7,13 +11,13 @@ from __future__ import annotations
 
 import time
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 REDRAW_S = 0.5  # the bar redraws at most this often, so its numbers need not change faster
 
 
 class TrainProgress:
-    """Callbacks for `train.train` that draw a bar and print the notebook-style lines."""
+    """Callbacks for `training.train` that draw a bar and print the notebook-style lines."""
 
     def __init__(self, cfg, n_train: int, enabled: bool = True):
         self.cfg = cfg
@@ -36,10 +40,11 @@ class TrainProgress:
         now = time.monotonic()
         if now - self.shown >= REDRAW_S:  # formatting the postfix every step would cost more than a tiny step
             self.shown = now
-            self.bar.set_postfix(epoch=row["epoch"] + 1, loss=f"{row['loss']:.4f}", acc=f"{row['acc']:.1f}",
-                                 refresh=False)
+            self.bar.set_postfix(epoch=row["epoch"] + 1, loss=f"{float(row['loss']):.4f}",
+                                 acc=f"{float(row['acc']):.1f}", refresh=False)
         if self.enabled and row["step"] % self.cfg.log_every == 0:
-            self.bar.write(f"Train Step: {row['step']}\tLoss: {row['loss']:.10f}\tAccuracy: {row['acc']:.10f}")
+            self.bar.write(f"Train Step: {row['step']}\tLoss: {float(row['loss']):.10f}\t"
+                           f"Accuracy: {float(row['acc']):.10f}")
 
     def epoch(self, row: dict, model=None) -> None:
         if not self.enabled:

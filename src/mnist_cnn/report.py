@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .data import CLASSES, atomic_write
+from .data import CLASSES
+from .errors import UserError
+from .files import atomic_write, read_json
 from .figures import (calibration, confusion_figure, curves_figure, misclassified_figure, per_class_figure, png_bytes,
                       reliability_figure, samples_figure)
-from .runs import fmt, read_json
+from .runs import fmt
 
 REPORT_DIR = "report"
 
@@ -146,7 +148,7 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'") from None
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'") from None
     return SummaryWriter
 
 

@@ -251,8 +251,8 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
 
 def load_predictor(model=None, backend: str = "torch", device: str = "cpu", threads: int = 1,
                    min_confidence: float = 0.5) -> predict.Predictor:
-    """The model, loaded once per server process, with its intra-op threads (1 is fastest for small batches)."""
-    torch.set_num_threads(threads)
+    """The model, loaded once per server process; `threads` is ONNX Runtime's intra-op threads (1 is fastest
+    for small batches). torch's thread count is the process's, set by its edge (the CLI, `worker_app`)."""
     if backend == "onnx":  # from_path's loader, but with our thread count: 1 beat ORT's one-per-core at batch 1
         from .export import load_onnx
 
@@ -267,6 +267,7 @@ def worker_app() -> FastAPI:
     """uvicorn's app factory in each `--workers` process: the same model, loaded once per process."""
     options = json.loads(os.environ[WORKER_OPTIONS])
     hosts = options.pop("allowed_hosts")
+    torch.set_num_threads(options["threads"])  # a worker process's edge, like the CLI's
     return create_app(load_predictor(**options), backend=options["backend"], allowed_hosts=hosts)
 
 
