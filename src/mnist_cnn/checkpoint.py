@@ -178,7 +178,11 @@ def load_model(path: Path | str | None = None, device="cpu") -> tuple[torch.nn.M
         raise CheckpointError(f"{path}: {exc}") from None
     tensors = decode_tensors(raw, path)
     try:
-        model = models.build_model(meta["arch"], **meta.get("arch_args", {}))
+        # Built on the meta device, then given empty memory: its initial weights would be overwritten,
+        # and drawing them would move the caller's global random generator.
+        with torch.device("meta"):
+            model = models.build_model(meta["arch"], **meta.get("arch_args", {}))
+        model = model.to_empty(device="cpu")
         model.load_state_dict(tensors, strict=True)
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not match architecture {meta.get('arch')!r}: "

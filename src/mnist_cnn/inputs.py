@@ -27,7 +27,8 @@ def as_pixels(x, what: str = "image") -> torch.Tensor:
     if isinstance(x, np.ndarray):
         if x.dtype != np.uint8 and x.dtype.kind != "f":
             raise InputError(_dtype_message(what, x.dtype))
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        x = np.ascontiguousarray(x)
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())  # np.asarray(a PIL image) is read-only
     if not isinstance(x, torch.Tensor):
         raise InputError(f"the {what} is a {type(x).__name__}, not an array of pixels")
     x = x.detach().cpu()

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
 
@@ -98,7 +100,7 @@ class BNNet(nn.Module):
         self.features = nn.Sequential(*layers)  # (B, widths[-1], side, side)
         side = IMAGE_SIZE >> len(widths)  # each pool halves (and floors) the side: 28 -> 14 -> 7 -> 3
         if head not in ("flatten", "gap"):
-            raise ValueError(f"unknown head {head!r}; choose flatten or gap")
+            raise ConfigError(f"unknown head {head!r}; choose flatten or gap")
         self.head_kind = head
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(c_in * side * side if head == "flatten" else c_in, NUM_CLASSES)
@@ -177,7 +179,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
     try:
         cls = REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}") from None
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}") from None
     return cls(**kwargs)
 
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from . import checkpoint, files, preprocess, segment
-from .errors import UserError
+from .errors import InputError, UserError
 from .evaluation import predict_logits, uses_tta
 from .inputs import as_pixels
 
@@ -96,7 +96,7 @@ class Predictor:
 
     def __init__(self, model, meta: dict, min_confidence: float = MIN_CONFIDENCE, topk: int = 3):
         if not 0.0 <= min_confidence <= 1.0:
-            raise UserError(f"min_confidence must be between 0 and 1, not {min_confidence}")
+            raise InputError(f"min_confidence must be between 0 and 1, not {min_confidence}")
         self.model, self.meta = model, meta
         self.tta = uses_tta(meta)
         self.min_confidence, self.topk = min_confidence, max(1, min(topk, len(meta.get("classes", range(10)))))
@@ -114,7 +114,7 @@ class Predictor:
 
             model, meta = load_onnx(path)
         else:
-            raise UserError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+            raise InputError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
         return cls(model, meta, **kw)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ class Predictor:
         """
         x = as_pixels(x, "images")
         if x.dim() != 3 or tuple(x.shape[1:]) != (28, 28):
-            raise UserError(f"predict_arrays takes MNIST-form images (N, 28, 28), not {tuple(x.shape)}")
+            raise InputError(f"predict_arrays takes MNIST-form images (N, 28, 28), not {tuple(x.shape)}")
         out = []
         for i in range(0, len(x), batch_size):
             batch = x[i:i + batch_size]

@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .data import CLASSES
-from .errors import UserError
+from .errors import ConfigError
 from .files import atomic_write, read_json
 from .figures import (calibration, confusion_figure, curves_figure, misclassified_figure, per_class_figure, png_bytes,
                       reliability_figure, samples_figure)
@@ -148,7 +148,7 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("--tensorboard needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'") from None
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'") from None
     return SummaryWriter
 
 
