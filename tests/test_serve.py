@@ -109,6 +109,8 @@ def test_model_endpoint_reports_the_loaded_checkpoint(client, predictor):
     assert info["arch"] == predictor.meta["arch"] and info["backend"] == "torch"
     assert info["test_accuracy"] == predictor.meta["metrics"]["test_accuracy"]
     assert info["classes"] == predictor.meta["classes"] and info["limits"]["max_batch"] > 1
+    # Which forward measured the figure, and which one serves: the same (the shipped recipe's TTA).
+    assert info["test_forward"] == info["forward"] == "with TTA (5 shifts)"
 
 
 def test_image_upload_matches_the_cli_path(client, predictor, digits):

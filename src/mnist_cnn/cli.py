@@ -18,7 +18,7 @@ import torch
 from . import checkpoint, data, distributed
 from .distributed import pick_device
 from .errors import UserError
-from .evaluation import evaluate, forward_label, uses_tta
+from .evaluation import evaluate, measured_forward
 from .recipes import RECIPES, config_from_dict, get_config
 
 
@@ -95,7 +95,7 @@ def run_training(args) -> int:
         f"on {device} x{distributed.world_size()} -> {run_dir}")
     metrics = train_run(cfg, run_dir, device, args.data_dir, resume=bool(args.resume), tensorboard=args.tensorboard,
                         progress=True, log=say)
-    say(f"test accuracy {metrics['test_accuracy']:.2f}% ({metrics['test_images']} images, {metrics['test_forward']}), "
+    say(f"test accuracy {metrics['test_accuracy']:.2f}% ({metrics['test_images']} images), {metrics['test_forward']}, "
         f"trained in {metrics['train_seconds']:.0f} s")
     say(f"outputs in {run_dir}/ (model.safetensors, metrics.json, history.json, config.json, report/index.html)")
     return 0
@@ -120,7 +120,8 @@ def cmd_evaluate(args) -> int:
         from .report import write_evaluation_report
         report["report"] = str(write_evaluation_report(
             report["checkpoint"], meta, {"test_accuracy": result.accuracy, "test_loss": result.loss,
-                                         "per_class": result.per_class}, x.cpu(), y.cpu(), result.probabilities,
+                                         "per_class": result.per_class, "test_forward": result.forward},
+            x.cpu(), y.cpu(), result.probabilities,
             args.report_dir, args.seed, args.tensorboard))
     if args.json:
         print(json.dumps(report, indent=2))
@@ -192,7 +193,7 @@ def cmd_serve(args) -> int:
     torch.set_num_threads(args.threads)  # the process's setting, so here at the edge (workers: serve.worker_app)
     predictor = serve.load_predictor(**options)  # here, so a bad model is a clear error before anything starts
     acc = predictor.meta.get("metrics", {}).get("test_accuracy")
-    measured = f", test accuracy {acc:.2f}% {forward_label(uses_tta(predictor.meta))}" if acc is not None else ""
+    measured = f", test accuracy {acc:.2f}% {measured_forward(predictor.meta)}" if acc is not None else ""
     print(f"model {args.model or checkpoint.default_model_path()} ({predictor.meta['arch']}, {args.backend}"
           f"{measured}), {args.workers} worker(s)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -32,6 +32,12 @@ def uses_tta(meta: dict) -> bool:
     return bool((meta.get("config") or {}).get("tta", False))
 
 
+def measured_forward(meta: dict) -> str:
+    """How a checkpoint's (or run's) test accuracy was measured; runs before the label was recorded
+    were measured with their recipe's `tta`, like every run since."""
+    return (meta.get("metrics") or {}).get("test_forward") or forward_label(uses_tta(meta))
+
+
 @dataclass
 class Metrics:
     accuracy: float  # percent

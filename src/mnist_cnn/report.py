@@ -63,8 +63,9 @@ def html_report(title: str, config: dict, metrics: dict, pngs: dict[str, bytes])
     epochs = f"{config.get('epochs', '?')} epoch" + ("" if config.get("epochs") == 1 else "s")
     parts = (f"recipe {config.get('recipe', '?')}", config.get("model", "?"), epochs, metrics.get("device"))
     subtitle = " · ".join(str(x) for x in parts if x)
+    measured = f" ({metrics['test_forward']})" if metrics.get("test_forward") else ""
     cards = "".join(f'<div class="card"><b data-key="{k}">{e(fmt(k, metrics[k]))}</b><span>{e(label)}</span></div>'
-                    for k, label in (("test_accuracy", "test accuracy"), ("test_loss", "test loss"),
+                    for k, label in (("test_accuracy", "test accuracy" + measured), ("test_loss", "test loss"),
                                      ("val_accuracy", "validation accuracy"), ("ece", "calibration error (ECE)"),
                                      ("misclassified", "misclassified"), ("train_seconds", "training time"))
                     if metrics.get(k) is not None)

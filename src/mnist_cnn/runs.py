@@ -90,6 +90,7 @@ def run_row(run: dict) -> dict:
     return {"recipe": cfg.get("recipe", "?"), "model": cfg.get("model", "?"),
             "epochs": m.get("epochs", len(h.get("epochs", []))), "planned": cfg.get("epochs"),
             "seconds": m.get("train_seconds"), "accuracy": m.get("test_accuracy"), "val": m.get("val_accuracy"),
+            "tta": bool(cfg.get("tta", False)),  # the test accuracy was measured with test-time augmentation
             "date": datetime.fromtimestamp(run["date"]).strftime("%Y-%m-%d %H:%M"), "path": str(run["path"])}
 
 
@@ -116,8 +117,8 @@ def runs_table(rows: list[dict]) -> str:
 
     return text_table(["recipe", "model", "epochs", "time", "test acc", "val acc", "date", "path"], [
         [r["recipe"], r["model"], str(r["epochs"]) if r["accuracy"] is not None else f"{r['epochs']}/{r['planned']}",
-         "-" if r["seconds"] is None else f"{r['seconds']:.0f} s", pct(r["accuracy"]) if r["accuracy"] is not None
-         else "unfinished", pct(r["val"]), r["date"], r["path"]] for r in rows])
+         "-" if r["seconds"] is None else f"{r['seconds']:.0f} s", pct(r["accuracy"]) + (" TTA" if r["tta"] else "")
+         if r["accuracy"] is not None else "unfinished", pct(r["val"]), r["date"], r["path"]] for r in rows])
 
 
 def run_names(runs: list[dict]) -> list[str]:
@@ -128,8 +129,8 @@ def run_names(runs: list[dict]) -> list[str]:
 
 def compare_table(runs: list[dict]) -> str:
     """Runs side by side: headline numbers, then every config field on which they differ."""
-    metric_rows = [("test accuracy", "test_accuracy"), ("test loss", "test_loss"), ("val accuracy", "val_accuracy"),
-                   ("train seconds", "train_seconds"), ("device", "device")]
+    metric_rows = [("test accuracy", "test_accuracy"), ("measured", "test_forward"), ("test loss", "test_loss"),
+                   ("val accuracy", "val_accuracy"), ("train seconds", "train_seconds"), ("device", "device")]
     rows = [[label] + [fmt(key, r["metrics"].get(key)) if r["metrics"].get(key) is not None else "-" for r in runs]
             for label, key in metric_rows]
     keys = list(dict.fromkeys(k for r in runs for k in r["config"]))

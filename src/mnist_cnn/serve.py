@@ -32,6 +32,7 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from . import guards, predict, preprocess, segment
+from .evaluation import forward_label, measured_forward
 from .payload import (BodyLimit, Limits, check_batch_pixels, decode_checked, invalid, number_json, prediction_json,
                       read_items)
 
@@ -220,6 +221,7 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
     async def model_info():
         meta = predictor.meta
         return {**meta, "backend": backend, "test_accuracy": meta.get("metrics", {}).get("test_accuracy"),
+                "test_forward": measured_forward(meta), "forward": forward_label(predictor.tta),
                 "min_confidence": predictor.min_confidence, "limits": asdict(limits)}
 
     @app.post("/api/predict", summary="Recognize one digit (or, with multi=true, a written number)",
