@@ -44,6 +44,7 @@ def tiny_data(monkeypatch):
 
     def load(data_dir=None, val_size=5000, split_seed=0, limit_train=None, device="cpu", log=lambda m: None):
         mnist = tiny_mnist()
+        mnist.train_x, mnist.train_y = mnist.train_x[:limit_train], mnist.train_y[:limit_train]
         return mnist.to(device)
 
     monkeypatch.setattr(data, "load_mnist", load)

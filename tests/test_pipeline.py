@@ -120,3 +120,18 @@ def test_files_are_written_by_the_files_module_only():
             if isinstance(node, ast.ImportFrom) and any(a.name == "atomic_write" for a in node.names):
                 assert node.module == "files", (path.name, node.module)
         assert "os.umask" not in path.read_text(), path.name  # reading the umask sets it, process-wide
+
+
+def test_atomic_writes_get_the_permissions_of_any_new_file(tmp_path):
+    """The umask is applied by the kernel at creation: never read (reading it sets it, process-wide)."""
+    import os
+
+    from mnist_cnn.files import atomic_write
+
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a" / "f.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a" / "f.bin").stat().st_mode & 0o777 == 0o640
+    assert not list((tmp_path / "a").glob(".*.tmp"))

@@ -118,7 +118,7 @@ class Predictor:
         return cls(model, meta, **kw)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, 10) on the CPU for MNIST-form uint8 images (N, 28, 28): evaluate's forward."""
+        """Logits (N, 10) on the CPU for MNIST-form uint8 images (N, 28, 28), by evaluation's forward."""
         return predict_logits(self.model, x.to(self.device), self.meta["mean"], self.meta["std"], batch_size=256,
                               tta=self.tta).cpu()
 
@@ -134,7 +134,7 @@ class Predictor:
         out = []
         for i in range(0, len(x), batch_size):
             batch = x[i:i + batch_size]
-            probs = torch.as_tensor(self.logits(batch)).float().softmax(1)
+            probs = self.logits(batch).float().softmax(1)
             out += [self._prediction(p, img) for p, img in zip(probs, batch.cpu())]
         return out
 
