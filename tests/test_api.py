@@ -8,7 +8,6 @@ the `slow` tests, which use the real MNIST.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
