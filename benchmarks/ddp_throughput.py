@@ -23,8 +23,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from mnist_cnn import data, distributed, train
-from mnist_cnn.cli import pick_device
+from mnist_cnn import data, distributed, training
+from mnist_cnn.distributed import pick_device
 from mnist_cnn.recipes import get_config
 
 
@@ -36,9 +36,9 @@ def worker(args) -> None:
     cfg = get_config(args.recipe, val_size=0, epochs=1)
     n = cfg.batch_size * (args.warmup + args.steps)
     mnist = data.load_mnist(args.data_dir, val_size=0, limit_train=n, device=device)
-    model = train.build(cfg, device)
+    model = training.build(cfg, device)
     net = distributed.wrap(model)
-    optimizer = train.make_optimizer(model, cfg)
+    optimizer = training.make_optimizer(model, cfg)
     stamps = []
 
     def on_step(row):
@@ -47,7 +47,7 @@ def worker(args) -> None:
         stamps.append(time.perf_counter())
 
     steps = args.warmup + args.steps
-    train.train_one_epoch(net, optimizer, mnist, cfg, 0, 0, steps, steps, on_step=on_step)
+    training.train_one_epoch(net, optimizer, mnist, cfg, 0, 0, steps, steps, on_step=on_step)
     seconds = torch.tensor(stamps[-1] - stamps[args.warmup - 1], dtype=torch.float64)
     if distributed.is_distributed():
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)  # the job is as fast as its slowest rank

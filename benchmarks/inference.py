@@ -31,8 +31,7 @@ import torch
 
 from mnist_cnn import checkpoint, data, export, models
 from mnist_cnn.augment import to_float
-from mnist_cnn.recipes import SeedConfig
-from mnist_cnn.train import normalization
+from mnist_cnn.recipes import SeedConfig, normalization
 
 BATCHES = (1, 64, 1024)
 

@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from mnist_cnn import data, models, train
-from mnist_cnn.evaluate import evaluate
-from mnist_cnn.recipes import get_config
+from mnist_cnn import data, models, training
+from mnist_cnn.evaluation import evaluate
+from mnist_cnn.recipes import get_config, normalization
 
 TARGET = 99.0  # percent test accuracy for the time-to-accuracy column
 QUICK_STEPS = 40  # timed steps per recipe in --quick mode (after 5 warm-up steps)
@@ -33,7 +33,7 @@ QUICK_STEPS = 40  # timed steps per recipe in --quick mode (after 5 warm-up step
 def run_full(cfg, mnist, device) -> dict:
     """Train for real; score the test set after every epoch, pausing the clock while scoring."""
     elapsed, reached = [0.0], [None]
-    mean, std = train.normalization(cfg)
+    mean, std = normalization(cfg)
 
     def on_epoch(row, model):
         elapsed[0] += row["seconds"]
@@ -44,15 +44,15 @@ def run_full(cfg, mnist, device) -> dict:
             reached[0] = elapsed[0]
         row["test_acc"] = acc
 
-    model, history = train.train(cfg, mnist, device, on_epoch=on_epoch)
+    model, history = training.train(cfg, mnist, device, on_epoch=on_epoch)
     return {"seconds": elapsed[0], "accuracy": history.epochs[-1]["test_acc"], "to_target": reached[0],
             "params": models.count_parameters(model), "model": model}
 
 
 def ensemble_row(cfg, results, mnist, device) -> dict:
     """The seeds' final models as one ensemble: its time is theirs summed."""
-    ensemble = train.ensemble_of(cfg, [r["model"] for r in results], device)
-    mean, std = train.normalization(cfg)
+    ensemble = training.ensemble_of(cfg, [r["model"] for r in results], device)
+    mean, std = normalization(cfg)
     acc = evaluate(ensemble, mnist.test_x, mnist.test_y, mean, std, tta=cfg.tta,
                    channels_last=cfg.channels_last).accuracy
     return {"seconds": sum(r["seconds"] for r in results), "accuracy": acc, "to_target": None,
@@ -62,14 +62,20 @@ def ensemble_row(cfg, results, mnist, device) -> dict:
 def run_quick(cfg, mnist, device) -> dict:
     """Time QUICK_STEPS training steps and extrapolate to the recipe's full length."""
     steps_per_epoch = max(1, len(mnist.train_x) // cfg.batch_size)
-    model = train.build(cfg, device)
-    optimizer = train.make_optimizer(model, cfg)
+    model = training.build(cfg, device)
+    optimizer = training.make_optimizer(model, cfg)
     subset = data.MNIST(mnist.train_x[: cfg.batch_size * (QUICK_STEPS + 5)],
                         mnist.train_y[: cfg.batch_size * (QUICK_STEPS + 5)],
                         mnist.val_x[:0], mnist.val_y[:0], mnist.test_x, mnist.test_y)
     times = []
-    train.train_one_epoch(model, optimizer, subset, cfg, 0, 0, steps_per_epoch * cfg.epochs, steps_per_epoch,
-                          on_step=lambda row: times.append(time.perf_counter()))
+
+    def on_step(row):  # the loop no longer waits for the device each step: wait here, to time the device's work
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter())
+
+    training.train_one_epoch(model, optimizer, subset, cfg, 0, 0, steps_per_epoch * cfg.epochs, steps_per_epoch,
+                             on_step=on_step)
     per_step = (times[-1] - times[4]) / (len(times) - 5)
     return {"seconds": per_step * steps_per_epoch * cfg.epochs, "accuracy": None, "to_target": None,
             "params": models.count_parameters(model)}

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from mnist_cnn import checkpoint, train
+from mnist_cnn import checkpoint, training
 from mnist_cnn.recipes import get_config
 
 
@@ -16,9 +16,9 @@ from mnist_cnn.recipes import get_config
 def saved(tmp_path):
     cfg = get_config("fast")
     # The loaded model uses the default memory layout; compare like with like.
-    model = train.build(cfg, "cpu").eval().to(memory_format=torch.contiguous_format)
+    model = training.build(cfg, "cpu").eval().to(memory_format=torch.contiguous_format)
     path = tmp_path / "model.safetensors"
-    checkpoint.save_model(path, model, train.model_metadata(cfg, {"test_accuracy": 12.5}))
+    checkpoint.save_model(path, model, checkpoint.model_metadata(cfg, {"test_accuracy": 12.5}))
     return path, model, cfg
 
 
@@ -34,7 +34,7 @@ def test_save_then_load_gives_identical_logits(saved):
 def test_a_checkpoints_temperature_divides_its_logits(saved, tmp_path):
     path, model, cfg = saved
     calibrated = tmp_path / "calibrated.safetensors"
-    checkpoint.save_model(calibrated, model, train.model_metadata(cfg, temperature=0.5))
+    checkpoint.save_model(calibrated, model, checkpoint.model_metadata(cfg, temperature=0.5))
     loaded, meta = checkpoint.load_model(calibrated)
     x = torch.randn(8, 1, 28, 28)
     with torch.inference_mode():
@@ -76,7 +76,7 @@ def test_garbage_and_missing_files_are_refused_clearly(tmp_path):
 
 def test_mismatched_architecture_is_refused_clearly(saved, tmp_path):
     path, model, cfg = saved
-    meta = train.model_metadata(cfg)
+    meta = checkpoint.model_metadata(cfg)
     meta["arch_args"] = {"widths": [8, 8, 8], "depth": 1}
     other = tmp_path / "other.safetensors"
     checkpoint.save_model(other, model, meta)
@@ -143,7 +143,7 @@ def _set_first_weight(value):
 ])
 def test_checkpoints_that_load_but_cannot_work_are_refused(saved, tmp_path, change, edit, words):
     path, model, cfg = saved
-    crafted = _crafted(tmp_path, model, {**train.model_metadata(cfg), **change}, edit)
+    crafted = _crafted(tmp_path, model, {**checkpoint.model_metadata(cfg), **change}, edit)
     with pytest.raises(checkpoint.CheckpointError, match=re.escape(words)):
         checkpoint.load_model(crafted)
 
@@ -165,7 +165,7 @@ def test_checkpoints_that_load_but_cannot_work_are_refused(saved, tmp_path, chan
 ])
 def test_crafted_metadata_is_refused_without_a_traceback(saved, tmp_path, meta, words):
     path, model, cfg = saved
-    meta = meta if not isinstance(meta, dict) else {**train.model_metadata(cfg), **meta}
+    meta = meta if not isinstance(meta, dict) else {**checkpoint.model_metadata(cfg), **meta}
     with pytest.raises(checkpoint.CheckpointError, match=re.escape(words)):
         checkpoint.load_model(_crafted(tmp_path, model, meta))
 
@@ -180,7 +180,7 @@ def test_huge_architecture_is_refused_from_the_header_before_anything_is_allocat
                                                                                    monkeypatch):
     """widths [4096]*3 on a small file once allocated 1.4 GB over 5.5 s before the shapes were compared."""
     path, model, cfg = saved
-    meta = {**train.model_metadata(cfg), "arch_args": {**cfg.model_args, "widths": [4096] * 3}}
+    meta = {**checkpoint.model_metadata(cfg), "arch_args": {**cfg.model_args, "widths": [4096] * 3}}
     crafted = _crafted(tmp_path, model, meta)
     real_build = checkpoint.models.build_model
 
@@ -199,7 +199,22 @@ def test_cli_predict_refuses_a_nan_checkpoint_in_one_line(saved, tmp_path, capsy
     from mnist_cnn import cli
 
     path, model, cfg = saved
-    crafted = _crafted(tmp_path, model, train.model_metadata(cfg), _set_first_weight(float("nan")))
+    crafted = _crafted(tmp_path, model, checkpoint.model_metadata(cfg), _set_first_weight(float("nan")))
     assert cli.main(["predict", "--model", str(crafted), "--format", "json", str(path)]) == 1
     out = capsys.readouterr()
     assert out.out == "" and out.err.startswith("error: ") and "NaN" in out.err and out.err.count("\n") == 1
+
+
+def test_a_loaded_calibrated_model_saves_and_reloads(saved, tmp_path):
+    """load_model wraps a calibrated network; saving that wrapper once wrote "model."-prefixed keys it refused."""
+    path, model, cfg = saved
+    first = tmp_path / "calibrated.safetensors"
+    checkpoint.save_model(first, model, checkpoint.model_metadata(cfg, temperature=0.5))
+    loaded, meta = checkpoint.load_model(first)
+    again = tmp_path / "again.safetensors"
+    checkpoint.save_model(again, loaded, meta)
+    reloaded, meta2 = checkpoint.load_model(again)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), loaded(x))
+    assert meta2["temperature"] == 0.5

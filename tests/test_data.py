@@ -188,3 +188,10 @@ def test_concurrent_acquisition_is_safe(mnist_dir, tmp_path):
     for name, digest in data.SHA256.items():
         assert data.sha256((cache / name).read_bytes()) == digest
     assert not list(cache.glob("*.tmp"))
+
+
+def test_unknown_split_names_are_refused(mnist_dir):
+    """"val" once silently gave the 10,000 test images (the validation split is carved by load_mnist)."""
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        data.read_split(mnist_dir, "val")
+    assert len(data.read_split(mnist_dir, "test")[0]) == 10000

@@ -27,7 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mnist_cnn import distributed, train
+from mnist_cnn import distributed, training
 
 HERE = Path(__file__).resolve()
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -82,23 +82,24 @@ def worker(argv: list[str]) -> int:
     cli.resolve_config = lambda args: dataclasses.replace(real_resolve(args), **OVERRIDES)
 
     built = []
-    real_build = train.build
-    train.build = lambda cfg, device: built.append(real_build(cfg, device)) or built[-1]
+    real_build = training.build
+    training.build = lambda cfg, device: built.append(real_build(cfg, device)) or built[-1]
 
-    real_train = train.train
+    real_train = training.train
 
     def spied_train(cfg, data, device, run_dir=None, resume=False, on_step=None, on_epoch=None):
         def step(row):
             if rank == kill_rank and row["step"] == kill_step:
                 os.kill(os.getpid(), signal.SIGKILL)
-            on_step(row)
+            if on_step is not None:  # the progress bar's, on rank 0 only
+                on_step(row)
 
         model, history = real_train(cfg, data, device, run_dir, resume, step, on_epoch)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, spy / f"final-rank{rank}.safetensors")
         save_file({k: v.contiguous() for k, v in built[0].state_dict().items()}, spy / f"raw-rank{rank}.safetensors")
         return model, history
 
-    train.train = spied_train
+    training.train = spied_train
 
     real_destroy = torch.distributed.destroy_process_group
 
@@ -235,12 +236,12 @@ def test_missing_rank_times_out_with_a_clear_error(mnist_dir, tmp_path):
 
 
 def test_ranks_split_each_global_batch_into_disjoint_shards(monkeypatch):
-    whole = train.epoch_batches(1000, 50, torch.Generator().manual_seed(7))
+    whole = training.epoch_batches(1000, 50, torch.Generator().manual_seed(7))
     shards = []
     for r in range(3):  # 50 images over 3 ranks: 17, 17 and 16
         monkeypatch.setattr(distributed, "rank", lambda r=r: r)
         monkeypatch.setattr(distributed, "world_size", lambda: 3)
-        shards.append(train.epoch_batches(1000, 50, torch.Generator().manual_seed(7)))
+        shards.append(training.epoch_batches(1000, 50, torch.Generator().manual_seed(7)))
     assert all(len(s) == len(whole) for s in shards)
     for i, batch in enumerate(whole):
         parts = [s[i] for s in shards]
@@ -263,9 +264,9 @@ def test_uneven_shards_step_like_one_process(monkeypatch):
     def step(rank: int, world: int) -> torch.Tensor:  # the weight change of one SGD step (lr 1: minus the gradient)
         monkeypatch.setattr(distributed, "rank", lambda: rank)
         monkeypatch.setattr(distributed, "world_size", lambda: world)
-        model = train.build(cfg, "cpu")
+        model = training.build(cfg, "cpu")
         before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
-        train.train_one_epoch(model, train.make_optimizer(model, cfg), data, cfg, 0, 0, 1, 1)
+        training.train_one_epoch(model, training.make_optimizer(model, cfg), data, cfg, 0, 0, 1, 1)
         return torch.nn.utils.parameters_to_vector(model.parameters()).detach() - before
 
     one = step(0, 1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mnist_cnn import checkpoint, cli, data, figures, models
-from mnist_cnn.evaluate import TTA_SHIFTS, fit_temperature, metrics_from_logits
+from mnist_cnn.evaluation import TTA_SHIFTS, fit_temperature, metrics_from_logits
 
 
 def test_metrics_match_a_hand_computed_confusion_matrix():

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mnist_cnn import cli, data, figures, report, runs
 from mnist_cnn.data import MNIST, MNIST_MEAN, MNIST_STD
-from mnist_cnn.evaluate import evaluate
+from mnist_cnn.evaluation import evaluate
 
 FIGURES = {"curves", "confusion", "per_class", "misclassified", "samples", "reliability"}
 

@@ -109,6 +109,8 @@ def test_model_endpoint_reports_the_loaded_checkpoint(client, predictor):
     assert info["arch"] == predictor.meta["arch"] and info["backend"] == "torch"
     assert info["test_accuracy"] == predictor.meta["metrics"]["test_accuracy"]
     assert info["classes"] == predictor.meta["classes"] and info["limits"]["max_batch"] > 1
+    # Which forward measured the figure, and which one serves: the same (the shipped recipe's TTA).
+    assert info["test_forward"] == info["forward"] == "with TTA (5 shifts)"
 
 
 def test_image_upload_matches_the_cli_path(client, predictor, digits):
@@ -489,7 +491,7 @@ def test_cross_origin_posts_are_refused_before_any_work(predictor, digits):
 
 
 def test_cli_serve_passes_allowed_hosts_and_refuses_a_broken_model(tmp_path, capsys, monkeypatch):
-    from mnist_cnn import checkpoint, train
+    from mnist_cnn import checkpoint, training
     from mnist_cnn.recipes import get_config
 
     calls = []
@@ -500,10 +502,10 @@ def test_cli_serve_passes_allowed_hosts_and_refuses_a_broken_model(tmp_path, cap
     assert "answering for any Host header" in capsys.readouterr().out
     cfg = get_config("fast")
     bad = tmp_path / "nan.safetensors"
-    model = train.build(cfg, "cpu")
+    model = training.build(cfg, "cpu")
     with torch.no_grad():
         model.head.bias[0] = float("nan")
-    checkpoint.save_model(bad, model, train.model_metadata(cfg))
+    checkpoint.save_model(bad, model, checkpoint.model_metadata(cfg))
     assert main(["serve", "--model", str(bad)]) == 1 and len(calls) == 2  # refused before listening
     assert "NaN or infinite" in capsys.readouterr().err
 

@@ -11,13 +11,13 @@ import pytest
 import seed_notebook
 import torch
 
-from mnist_cnn import augment, checkpoint, cli, data, train
+from mnist_cnn import augment, checkpoint, cli, data, files, training
 from mnist_cnn.recipes import RECIPES, get_config
 
 
 def test_onecycle_schedule_warms_up_then_decays():
     cfg = get_config("fast", lr=1.0)
-    lrs = [train.lr_at(s, 100, cfg, 50) for s in range(100)]
+    lrs = [training.lr_at(s, 100, cfg, 50) for s in range(100)]
     peak = lrs.index(max(lrs))
     assert max(lrs) == pytest.approx(1.0) and peak == round(cfg.warmup * 100) - 1
     assert lrs[-1] < 0.02 and all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
@@ -25,8 +25,8 @@ def test_onecycle_schedule_warms_up_then_decays():
 
 def test_step_schedule_is_steplr():
     cfg = get_config("reference")
-    assert train.lr_at(0, 1000, cfg, 100) == 1.0
-    assert train.lr_at(250, 1000, cfg, 100) == pytest.approx(0.7 ** 2)
+    assert training.lr_at(0, 1000, cfg, 100) == 1.0
+    assert training.lr_at(250, 1000, cfg, 100) == pytest.approx(0.7 ** 2)
 
 
 def test_seed_recipe_trains_as_the_notebook_did():
@@ -37,11 +37,11 @@ def test_seed_recipe_trains_as_the_notebook_did():
     images, labels = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,))
     none = (images[:0], labels[:0])
     cfg = get_config("seed")
-    ours, history = train.train(cfg, data.MNIST(images, labels, *none, *none), "cpu")
+    ours, history = training.train(cfg, data.MNIST(images, labels, *none, *none), "cpu")
 
     def epoch_loaders():  # the batches our loop drew (the notebook's DataLoader shuffled by its own RNG)
         for epoch in itertools.count():
-            batches = train.epoch_batches(n, seed_notebook.batch_size, train.epoch_generator(cfg, epoch))
+            batches = training.epoch_batches(n, seed_notebook.batch_size, training.epoch_generator(cfg, epoch))
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # and the dropout masks it drew, as train_one_epoch seeds
             yield [(images[i].float().unsqueeze(1) / 255, labels[i]) for i in batches]  # ToTensor()
 
@@ -98,7 +98,7 @@ def test_augmentation_draws_do_not_depend_on_the_images_device(name, where):
 def test_every_recipe_builds():
     for name in RECIPES:
         cfg = get_config(name)
-        model = train.build(cfg, "cpu")
+        model = training.build(cfg, "cpu")
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
@@ -125,11 +125,11 @@ def small(mnist_dir):
 
 def test_resumed_run_equals_uninterrupted_run(small, tmp_path):
     cfg = get_config("fast", epochs=2, ema_decay=0.9, rotate=5.0)
-    whole, _ = train.train(cfg, small, "cpu", tmp_path / "whole")
+    whole, _ = training.train(cfg, small, "cpu", tmp_path / "whole")
     first = get_config("fast", epochs=2, ema_decay=0.9, rotate=5.0)
     with pytest.raises(_Crash):  # dies during epoch 2, before its checkpoint
-        train.train(first, small, "cpu", tmp_path / "split", on_epoch=_stop_after_first_epoch)
-    resumed, history = train.train(cfg, small, "cpu", tmp_path / "split", resume=True)
+        training.train(first, small, "cpu", tmp_path / "split", on_epoch=_stop_after_first_epoch)
+    resumed, history = training.train(cfg, small, "cpu", tmp_path / "split", resume=True)
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     assert [e["epoch"] for e in history.epochs] == [1, 2]
@@ -147,7 +147,7 @@ def _stop_after_first_epoch(row, model):
 def test_interrupted_run_keeps_its_last_epoch_checkpoint(small, tmp_path):
     cfg = get_config("fast", epochs=2)
     with pytest.raises(_Crash):
-        train.train(cfg, small, "cpu", tmp_path, on_epoch=_stop_after_first_epoch)
+        training.train(cfg, small, "cpu", tmp_path, on_epoch=_stop_after_first_epoch)
     model, meta = checkpoint.load_model(tmp_path)
     assert meta["config"]["recipe"] == "fast"
     assert json.loads((tmp_path / "history.json").read_text())["epochs"][0]["epoch"] == 1
@@ -160,7 +160,7 @@ class _Kill(BaseException):
 def _kill_at_write(monkeypatch, n: int):
     """Make the n-th atomic write (0-based) die halfway, as a kill would; return the list of paths written."""
     written = []
-    real = data.atomic_write
+    real = files.atomic_write
 
     def write(path, raw):
         if len(written) == n:
@@ -170,7 +170,7 @@ def _kill_at_write(monkeypatch, n: int):
         real(path, raw)
 
     monkeypatch.setattr(checkpoint, "atomic_write", write)
-    monkeypatch.setattr(train, "atomic_write", write)
+    monkeypatch.setattr(files, "atomic_write", write)
     return written
 
 
@@ -179,10 +179,10 @@ def test_a_kill_during_any_checkpoint_write_loses_no_history(small, tmp_path, mo
     cfg = get_config("fast", epochs=3)
     written = _kill_at_write(monkeypatch, kill_at)
     with pytest.raises(_Kill):
-        train.train(cfg, small, "cpu", tmp_path)
+        training.train(cfg, small, "cpu", tmp_path)
     assert written[:3] == ["model.safetensors", "train_state.safetensors", "history.json"]
     monkeypatch.undo()
-    _, history = train.train(cfg, small, "cpu", tmp_path, resume=True)
+    _, history = training.train(cfg, small, "cpu", tmp_path, resume=True)
     steps_per_epoch = len(small.train_x) // cfg.batch_size
     on_disk = json.loads((tmp_path / "history.json").read_text())
     for h in (dataclasses.asdict(history), on_disk):
@@ -200,9 +200,9 @@ def test_train_seconds_add_up_over_resumed_segments(small, tmp_path):
         _stop_after_first_epoch(row, model)
 
     with pytest.raises(_Crash):
-        train.train(cfg, small, "cpu", tmp_path, on_epoch=slow_first_epoch)
+        training.train(cfg, small, "cpu", tmp_path, on_epoch=slow_first_epoch)
     t0 = time.perf_counter()
-    _, history = train.train(cfg, small, "cpu", tmp_path, resume=True)
+    _, history = training.train(cfg, small, "cpu", tmp_path, resume=True)
     segment_2 = time.perf_counter() - t0
     assert history.seconds > segment_2 + 1.0  # ...and it still counts after the resume
     assert json.loads((tmp_path / "history.json").read_text())["seconds"] == history.seconds
@@ -227,7 +227,7 @@ def test_smoke_train_on_real_subset_beats_threshold(mnist_dir, tmp_path):
 
 def test_ensemble_averages_its_members_probabilities(small, tmp_path):
     cfg = get_config("fast", epochs=1, ensemble=2, limit_train=None)
-    ensemble, histories = train.train_ensemble(cfg, small, "cpu", tmp_path)
+    ensemble, histories = training.train_ensemble(cfg, small, "cpu", tmp_path)
     assert len(histories) == 2 and (tmp_path / "member-1" / "model.safetensors").exists()
     members = [checkpoint.load_model(tmp_path / f"member-{k}")[0] for k in range(2)]
     x = augment.to_float(small.test_x[:16], data.MNIST_MEAN, data.MNIST_STD)
@@ -235,12 +235,12 @@ def test_ensemble_averages_its_members_probabilities(small, tmp_path):
         expected = torch.stack([m(x).softmax(1) for m in members]).mean(0)
         assert torch.allclose(ensemble(x).softmax(1), expected, atol=1e-5)
     # The ensemble is a checkpoint like any other: save, load, same logits.
-    checkpoint.save_model(tmp_path / "ens.safetensors", ensemble, train.model_metadata(cfg))
+    checkpoint.save_model(tmp_path / "ens.safetensors", ensemble, checkpoint.model_metadata(cfg))
     loaded, meta = checkpoint.load_model(tmp_path / "ens.safetensors")
     assert meta["arch"] == "ensemble" and len(meta["arch_args"]["members"]) == 2
     with torch.inference_mode():
         assert torch.allclose(loaded(x), ensemble(x), atol=1e-6)
     # A finished member is reloaded, not retrained.
-    again, _ = train.train_ensemble(cfg, small, "cpu", tmp_path)
+    again, _ = training.train_ensemble(cfg, small, "cpu", tmp_path)
     with torch.inference_mode():
         assert torch.equal(again(x), ensemble(x))

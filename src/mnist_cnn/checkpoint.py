@@ -3,13 +3,15 @@
 The metadata (format version, architecture and arguments, normalization, class
 names, recipe config, metrics, data hashes, library versions, git commit) lives
 in the safetensors header, so loading never runs pickle and one `load_model`
-serves evaluate, predict, serve and export.
+serves evaluate, predict, serve and export. A training run's resumable state (weights, EMA,
+optimizer, history) is a checkpoint too, written atomically after every epoch.
 
     python -c "from mnist_cnn.checkpoint import load_model; print(load_model()[1]['metrics'])"
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import subprocess
@@ -21,15 +23,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import models, validate
-from .data import CLASSES, SHA256, atomic_write
+from . import models, runs, validate
+from .data import CLASSES, SHA256
+from .errors import UserError
+from .files import atomic_write, write_json
+from .recipes import normalization
 
 FORMAT_VERSION = 1
 META_KEY = "mnist_cnn"
 WEIGHTS_NAME = "model.safetensors"
+STATE_NAME = "train_state.safetensors"
+HISTORY_NAME = "history.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used, with the reason phrased for a person."""
 
 
@@ -70,6 +77,20 @@ def make_metadata(model_name: str, model_args: dict, mean: float, std: float, co
         "versions": library_versions(),
         "git_commit": git_commit(),
     }
+
+
+def member_specs(cfg, n: int) -> list[dict]:
+    """`models.Ensemble`'s description of n members of the recipe's architecture."""
+    return [{"arch": cfg.model, "arch_args": cfg.model_args}] * n
+
+
+def model_metadata(cfg, metrics: dict | None = None, temperature: float = 1.0) -> dict:
+    """The metadata of a model trained by the recipe config `cfg`."""
+    mean, std = normalization(cfg)
+    arch, args = cfg.model, cfg.model_args
+    if cfg.ensemble > 1:
+        arch, args = "ensemble", {"members": member_specs(cfg, cfg.ensemble)}
+    return make_metadata(arch, args, mean, std, dataclasses.asdict(cfg), metrics, temperature)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -130,19 +151,25 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    save_tensors(path, model.state_dict(), meta)
+    """Write the network inside `model`'s wrappers; a `Calibrated` wrapper's temperature goes into the metadata.
+
+    So a model that `load_model` gave (wrapped when calibrated) saves and loads again unchanged.
+    """
+    net, temperature = models.unwrap(model)
+    if temperature != 1.0:
+        meta = {**meta, "temperature": temperature}
+    save_tensors(path, net.state_dict(), meta)
 
 
 def load_model(path: Path | str | None = None, device="cpu") -> tuple[torch.nn.Module, dict]:
     """Build the checkpoint's architecture, load its weights, return (eval-mode model, metadata).
 
-    `path` may be a checkpoint file or a run folder; None means the shipped model. A
-    checkpoint with a "temperature" comes back wrapped in `models.Calibrated`. Everything is
+    `path` may be a checkpoint file or a run folder; None means the shipped model, and "latest"
+    the newest finished run under runs/ (`runs.resolve`). A checkpoint with a "temperature" comes back wrapped in `models.Calibrated`. Everything is
     checked before it is used (metadata types and sizes, the architecture's tensor shapes
     against the file's header, finite weights and outputs), so a file that loads also works.
     """
-    path = Path(path) if path else default_model_path()
+    path = runs.resolve(path) if path else default_model_path()
     if path.is_dir():
         path = path / WEIGHTS_NAME
     raw = read_file(path)
@@ -155,7 +182,11 @@ def load_model(path: Path | str | None = None, device="cpu") -> tuple[torch.nn.M
         raise CheckpointError(f"{path}: {exc}") from None
     tensors = decode_tensors(raw, path)
     try:
-        model = models.build_model(meta["arch"], **meta.get("arch_args", {}))
+        # Built on the meta device, then given empty memory: its initial weights would be overwritten,
+        # and drawing them would move the caller's global random generator.
+        with torch.device("meta"):
+            model = models.build_model(meta["arch"], **meta.get("arch_args", {}))
+        model = model.to_empty(device="cpu")
         model.load_state_dict(tensors, strict=True)
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not match architecture {meta.get('arch')!r}: "
@@ -166,3 +197,52 @@ def load_model(path: Path | str | None = None, device="cpu") -> tuple[torch.nn.M
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return model.to(device), meta
+
+
+# ------------------------------------------------------------- training state
+
+
+def save_train_state(run_dir: Path, cfg, model, optimizer, ema, history: dict, epochs_done: int) -> None:
+    """Everything a resume needs, in one atomic file: weights, EMA, optimizer state and history.
+
+    The history travels inside train_state (history.json is a readable copy written after it):
+    a kill between two separate files would otherwise leave a state one epoch ahead of its history.
+    model.safetensors (the final weights so far, EMA when enabled) is written first.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_model(run_dir / WEIGHTS_NAME, ema or model, model_metadata(cfg))
+    tensors = {f"model.{k}": v for k, v in models.unwrap(model)[0].state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    opt = optimizer.state_dict()
+    for pid, state in opt["state"].items():
+        for name, value in state.items():
+            if value is not None:  # SGD without momentum keeps a None buffer
+                tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+    meta = {"epochs_done": epochs_done, "param_groups": opt["param_groups"], "config": dataclasses.asdict(cfg),
+            "history": history}
+    save_tensors(run_dir / STATE_NAME, tensors, meta)
+    write_json(run_dir / HISTORY_NAME, history)
+
+
+def load_train_state(run_dir: Path, model, optimizer, ema) -> tuple[int, dict, dict]:
+    """Restore weights, EMA and optimizer state in place; return (epochs done, history, the config then)."""
+    run_dir = Path(run_dir)
+    tensors, meta = load_tensors(run_dir / STATE_NAME)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    done = meta["epochs_done"]
+    if "history" in meta:
+        return done, meta["history"], meta.get("config", {})
+    # A state written before the history moved inside it: keep only the epochs the state has.
+    old = json.loads((run_dir / HISTORY_NAME).read_text())
+    return done, {"steps": [s for s in old["steps"] if s["epoch"] < done],
+                  "epochs": [e for e in old["epochs"] if e["epoch"] <= done]}, meta.get("config", {})

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from . import cli_args
@@ -20,21 +19,10 @@ from .recipes import config_from_dict, get_config
 
 
 def pick_device(name: str = "auto"):
-    """Choose the device once, here at the edge: CUDA, then MPS, then CPU."""
-    import torch
+    """Choose the device once, here at the edge (distributed.pick_device, imported when a command runs)."""
+    from .distributed import pick_device as pick
 
-    from . import distributed
-
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but this torch has no CUDA device (see README: GPU set-up)")
-    if name == "mps" and not mps:
-        raise ValueError("--device mps, but this torch has no MPS device (Apple silicon with macOS 12.3 or later)")
-    if name == "cuda" and distributed.is_distributed():
-        return torch.device("cuda", distributed.local_rank())
-    return torch.device(name)
+    return pick(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -71,11 +59,14 @@ def cmd_data(args) -> int:
 
 
 def resolve_config(args):
-    if args.resume:
-        from .runs import read_config
-        return config_from_dict(read_config(args.resume))
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "limit_train": args.limit_train, "compile": args.compile or None, "ensemble": args.ensemble}
+    if args.resume:  # the run's config with these flags applied; the job refuses those it cannot take
+        import dataclasses
+
+        from .runs import read_config
+        cfg = config_from_dict(read_config(args.resume))
+        return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     return get_config(args.recipe, **overrides)
 
 
@@ -89,7 +80,8 @@ def cmd_train(args) -> int:
 
 def run_training(args) -> int:
     from . import distributed
-    from .runs import train_run
+    from .pipeline import train_run
+    from .runs import new_run_dir
 
     cfg = resolve_config(args)
     if args.tensorboard:
@@ -97,14 +89,14 @@ def run_training(args) -> int:
         require_tensorboard()  # fail now, not after training
     device = pick_device(args.device)
     seed_everything(cfg.seed)
-    run_dir = Path(args.resume or args.out or f"runs/{cfg.recipe}-{datetime.now():%Y%m%d-%H%M%S}")
+    run_dir = Path(args.resume or args.out or new_run_dir(cfg.recipe))
     run_dir = distributed.broadcast_object(run_dir)  # ranks' clocks may straddle a second
     epochs = f"{cfg.epochs} epoch" + ("" if cfg.epochs == 1 else "s")
     say(f"recipe {cfg.recipe}: {cfg.model} for {epochs}, batch {cfg.batch_size}, "
         f"on {device} x{distributed.world_size()} -> {run_dir}")
     metrics = train_run(cfg, run_dir, device, args.data_dir, resume=bool(args.resume), tensorboard=args.tensorboard,
-                        log=say)
-    say(f"test accuracy {metrics['test_accuracy']:.2f}% ({metrics['test_images']} images), "
+                        progress=True, log=say)
+    say(f"test accuracy {metrics['test_accuracy']:.2f}% ({metrics['test_images']} images), {metrics['test_forward']}, "
         f"trained in {metrics['train_seconds']:.0f} s")
     say(f"outputs in {run_dir}/ (model.safetensors, metrics.json, history.json, config.json, report/index.html)")
     return 0
@@ -117,7 +109,7 @@ def cmd_evaluate(args) -> int:
     import numpy as np
 
     from . import checkpoint, data
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     device = pick_device(args.device)
     model, meta = checkpoint.load_model(args.checkpoint, device)
@@ -134,7 +126,7 @@ def cmd_evaluate(args) -> int:
         from .report import write_evaluation_report
         report["report"] = str(write_evaluation_report(
             report["checkpoint"], meta, {"test_accuracy": result.accuracy, "test_loss": result.loss,
-                                         "per_class": result.per_class}, x.cpu(), y.cpu(), result.probabilities,
+                                         "per_class": result.per_class, "test_forward": result.forward}, x.cpu(), y.cpu(), result.probabilities,
             args.report_dir, args.seed, args.tensorboard))
     if args.json:
         print(json.dumps(report, indent=2))
@@ -186,7 +178,8 @@ def cmd_export(args) -> int:
     if "int8" in report:
         q = report["int8"]
         print(f"int8 (calibrated on {q['calibration_images']} training images): test accuracy "
-              f"{q['int8_accuracy']:.2f}% vs fp32 {q['fp32_accuracy']:.2f}% (drop {q['drop']:+.2f} points)")
+              f"{q['int8_accuracy']:.2f}% vs fp32 {q['fp32_accuracy']:.2f}% (drop {q['drop']:+.2f} points, "
+              f"{q['forward']})")
     print(f"wrote {report['out']} ({report['precision']}, {report['bytes'] / 1e6:.2f} MB, dynamic batch)")
     return 0
 
@@ -198,6 +191,7 @@ def cmd_serve(args) -> int:
     import torch
 
     from . import checkpoint
+    from .evaluation import measured_forward
 
     try:  # fastapi and uvicorn are the optional extra "serve"
         from . import serve
@@ -206,10 +200,12 @@ def cmd_serve(args) -> int:
     device = pick_device(args.device) if args.backend == "torch" else torch.device("cpu")
     options = {"model": str(args.model) if args.model else None, "backend": args.backend, "device": str(device),
                "threads": args.threads, "min_confidence": args.min_confidence}
+    torch.set_num_threads(args.threads)  # the process's setting, so here at the edge (workers: serve.worker_app)
     predictor = serve.load_predictor(**options)  # here, so a bad model is a clear error before anything starts
     acc = predictor.meta.get("metrics", {}).get("test_accuracy")
+    measured = f", test accuracy {acc:.2f}% {measured_forward(predictor.meta)}" if acc is not None else ""
     print(f"model {args.model or checkpoint.default_model_path()} ({predictor.meta['arch']}, {args.backend}"
-          + (f", test accuracy {acc:.2f}%" if acc is not None else "") + f"), {args.workers} worker(s)", flush=True)
+          f"{measured}), {args.workers} worker(s)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}, reachable from other machines", flush=True)
     hosts = serve.guards.allowed_hosts(args.host, args.allowed_host)
@@ -226,6 +222,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from .errors import UserError
     from .predict import Predictor, iter_inputs, predict_inputs
 
     predictor = Predictor.from_path(args.model, backend=args.backend, min_confidence=args.min_confidence,
@@ -234,7 +231,7 @@ def cmd_predict(args) -> int:
         try:
             args.save_processed.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ValueError(f"--save-processed {args.save_processed}: {exc.strerror or exc}") from None
+            raise UserError(f"--save-processed {args.save_processed}: {exc.strerror or exc}") from None
     try:
         failed, total = _print_predictions(args, predictor, predict_inputs(
             predictor, iter_inputs(args.paths, getattr(sys.stdin, "buffer", None)), multi=args.multi))
@@ -297,26 +294,25 @@ def cmd_convert(args) -> int:
 
 # ------------------------------------------------------------------- parser
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "runs": cmd_runs,
-            "compare": cmd_compare, "export": cmd_export, "serve": cmd_serve, "predict": cmd_predict,
-            "convert": cmd_convert}
+COMMANDS = ("data", "train", "evaluate", "runs", "compare", "export", "serve", "predict", "convert")
 
 
 def build_parser():
-    """cli_args' parser, each subcommand bound to its function here."""
+    """cli_args' parser, each subcommand bound to its function here (`cmd_<name>`, looked up when it runs)."""
     parser = cli_args.build_parser()
     for name, sub in cli_args.subcommands(parser).items():
-        sub.set_defaults(func=COMMANDS[name])
+        assert name in COMMANDS, name
+        sub.set_defaults(func=lambda args, name=name: globals()[f"cmd_{name}"](args))
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from . import checkpoint, data, distributed  # after parsing: --help and usage errors never import torch
+    from .errors import UserError
 
     try:
         return args.func(args)
-    except (data.DataError, checkpoint.CheckpointError, distributed.DistributedError, ValueError) as exc:
+    except UserError as exc:  # a mistake to fix (errors.py); anything else is a bug, and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a folder that cannot be made, a disk that is full: the user's to fix, no traceback

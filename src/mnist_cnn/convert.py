@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from .errors import UserError
+
 # --arch: a recipe whose network has the same name. The seed notebook's layers are named as
 # ours (conv1, conv2, fc1, fc2, fc3), and so are pytorch/examples' (conv1, conv2, fc1, fc2),
 # so their state_dict keys map one to one.
@@ -34,21 +36,21 @@ def read_state_dict(path: Path) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+        raise UserError(f"{path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc):
-            raise ValueError(f"{path}: holds Python objects besides tensors (a whole model saved with "
+            raise UserError(f"{path}: holds Python objects besides tensors (a whole model saved with "
                              "torch.save(model)?), and they are not unpickled, since that can run any code; "
                              "save the weights alone: torch.save(model.state_dict(), PATH)") from None
-        raise ValueError(f"{path}: not a torch.save file ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a torch.save file ({str(exc).splitlines()[0]})") from None
     except (RuntimeError, EOFError, ValueError) as exc:  # truncated zip, empty file
-        raise ValueError(f"{path}: not a readable torch.save file ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable torch.save file ({str(exc).splitlines()[0]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # {"state_dict": ..., "epoch": ...}
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state_dict (names -> tensors)")
+        raise UserError(f"{path}: holds a {type(state).__name__}, not a state_dict (names -> tensors)")
     return {_unwrapped_key(k): v for k, v in state.items()}
 
 
@@ -62,14 +64,14 @@ def convert(src: Path, out: Path, arch: str = "seed") -> dict:
     """Write `src`'s weights as a checkpoint of `arch` at `out`; return what was done and the logit check."""
     import torch
 
-    from . import checkpoint, models, train, validate
+    from . import checkpoint, models, validate
     from .recipes import get_config
 
     if arch not in ARCHS:
-        raise ValueError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
+        raise UserError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
     src, out = Path(src), Path(out)
     if out.resolve() == src.resolve():
-        raise ValueError(f"{out}: is the input file; choose another --out")
+        raise UserError(f"{out}: is the input file; choose another --out")
     state = read_state_dict(src)
     cfg = get_config(arch)
     model = models.build_model(cfg.model, **cfg.model_args).eval()
@@ -80,9 +82,9 @@ def convert(src: Path, out: Path, arch: str = "seed") -> dict:
     if missing or unexpected or wrong:
         found = [f"missing {', '.join(missing)}"] * bool(missing) + \
                 [f"unexpected {', '.join(unexpected)}"] * bool(unexpected) + sorted(wrong)
-        raise ValueError(f"{src}: not the weights of --arch {arch}, {ARCHS[arch]}: {'; '.join(found)}"[:400])
+        raise UserError(f"{src}: not the weights of --arch {arch}, {ARCHS[arch]}: {'; '.join(found)}"[:400])
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    meta = train.model_metadata(cfg)  # the recipe's architecture, normalization, classes and config
+    meta = checkpoint.model_metadata(cfg)  # the recipe's architecture, normalization, classes and config
     meta["converted_from"] = {"file": src.name, "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
     validate.check_works(model, meta)  # NaN weights: refused before anything is written
     checkpoint.save_model(out, model, meta)

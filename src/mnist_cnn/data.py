@@ -27,6 +27,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import UserError
+from .files import atomic_write
+
 # Statistics of the 60,000 training images scaled to [0, 1]; every consumer
 # (training, CLI, REST API, web page) normalizes with these two names.
 MNIST_MEAN = 0.1307
@@ -51,7 +54,7 @@ TIMEOUT_S = 10  # per network request; the mirrors are either quick or unreachab
 _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Any problem acquiring or reading MNIST, phrased for a person."""
 
 
@@ -94,26 +97,6 @@ def default_data_dir() -> Path:
 
 def sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # reading the umask means setting it; put it straight back
-
-
-def atomic_write(path: Path, raw: bytes) -> None:
-    """Write then rename, so a crash or a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _verified_cache(data_dir: Path, log: Callable[[str], None]) -> dict[str, bytes] | None:
@@ -275,8 +258,15 @@ class MNIST:
                                               self.val_y, self.test_x, self.test_y)))
 
 
+FILE_PREFIX = {"train": "train", "test": "t10k"}  # the IDX files' names for the two splits MNIST has
+
+
 def read_split(data_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    prefix = "train" if split == "train" else "t10k"
+    """(uint8 images (N, 28, 28), int64 labels) of "train" or "test"; the validation split is `load_mnist`'s."""
+    if split not in FILE_PREFIX:
+        raise ValueError(f"unknown split {split!r}: MNIST has 'train' and 'test' (load_mnist carves the "
+                         "validation split from train)")
+    prefix = FILE_PREFIX[split]
     xs = decode_idx((data_dir / f"{prefix}-images-idx3-ubyte").read_bytes(), f"{prefix}-images")
     ys = decode_idx((data_dir / f"{prefix}-labels-idx1-ubyte").read_bytes(), f"{prefix}-labels")
     if len(xs) != len(ys):

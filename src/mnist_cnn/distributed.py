@@ -28,10 +28,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .errors import UserError
+
 DEFAULT_TIMEOUT_S = 600.0  # how long a collective waits for the slowest rank before the job fails
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
     """Another rank died, hung or could not be reached; phrased for a person."""
 
 
@@ -53,6 +55,20 @@ def local_rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The device, chosen once at an entry point: "auto" is CUDA, then MPS, then CPU; under torchrun, this rank's GPU."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but this torch has no CUDA device (see README: GPU set-up)")
+    if name == "mps" and not mps:
+        raise UserError("--device mps, but this torch has no MPS device (Apple silicon with macOS 12.3 or later)")
+    if name == "cuda" and is_distributed():
+        return torch.device("cuda", local_rank())
+    return torch.device(name)
 
 
 def launched_by_torchrun() -> bool:

@@ -18,7 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from .data import CLASSES, atomic_write
+from .data import CLASSES
+from .files import atomic_write
 
 RED, GREEN, BLUE, ORANGE = "#c62828", "#2e7d32", "#1565c0", "#ef6c00"
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
 
@@ -98,7 +100,7 @@ class BNNet(nn.Module):
         self.features = nn.Sequential(*layers)  # (B, widths[-1], side, side)
         side = IMAGE_SIZE >> len(widths)  # each pool halves (and floors) the side: 28 -> 14 -> 7 -> 3
         if head not in ("flatten", "gap"):
-            raise ValueError(f"unknown head {head!r}; choose flatten or gap")
+            raise ConfigError(f"unknown head {head!r}; choose flatten or gap")
         self.head_kind = head
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(c_in * side * side if head == "flatten" else c_in, NUM_CLASSES)
@@ -150,6 +152,26 @@ def with_temperature(model: nn.Module, temperature: float) -> nn.Module:
     return model if temperature == 1.0 else Calibrated(model, temperature)
 
 
+def unwrap(model: nn.Module) -> tuple[nn.Module, float]:
+    """(the network inside every wrapper, the temperature its wrappers divide logits by).
+
+    The one place that knows the wrappers: DistributedDataParallel (`.module`), torch.compile
+    (`._orig_mod`) and `Calibrated` (`.model`). Weights are saved from the network, and the
+    temperature goes into the checkpoint's metadata, so that `load_model` can wrap it again.
+    """
+    temperature = 1.0
+    while True:
+        if isinstance(model, Calibrated):
+            temperature *= model.temperature
+            model = model.model
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model, temperature
+
+
 REGISTRY = {"seed": SeedNet, "reference": ReferenceNet, "bnnet": BNNet, "ensemble": Ensemble}
 
 
@@ -157,7 +179,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
     try:
         cls = REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}") from None
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}") from None
     return cls(**kwargs)
 
 

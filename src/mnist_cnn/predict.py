@@ -19,7 +19,9 @@ import torch
 from PIL import Image
 
 from . import checkpoint, files, preprocess, segment
-from .augment import to_float
+from .errors import InputError, UserError
+from .evaluation import predict_logits, uses_tta
+from .inputs import as_pixels
 
 
 MIN_CONFIDENCE = 0.5  # below this calibrated probability the answer is "unsure" (0.2% of MNIST's test digits)
@@ -88,12 +90,15 @@ class Predictor:
     """A model, its metadata (normalization, classes) and the answer policy (top-k, min confidence).
 
     `model` is any callable from normalized float (B, 1, 28, 28) to logits (B, 10) on its device.
+    Its forward is `evaluation.predict_logits`, with test-time augmentation when the checkpoint's recipe
+    evaluates with it, so that what is served is what the checkpoint's test accuracy measured.
     """
 
     def __init__(self, model, meta: dict, min_confidence: float = MIN_CONFIDENCE, topk: int = 3):
         if not 0.0 <= min_confidence <= 1.0:
-            raise ValueError(f"min_confidence must be between 0 and 1, not {min_confidence}")
+            raise InputError(f"min_confidence must be between 0 and 1, not {min_confidence}")
         self.model, self.meta = model, meta
+        self.tta = uses_tta(meta)
         self.min_confidence, self.topk = min_confidence, max(1, min(topk, len(meta.get("classes", range(10)))))
         params = getattr(model, "parameters", None)
         first = next(iter(params()), None) if callable(params) else None
@@ -109,17 +114,27 @@ class Predictor:
 
             model, meta = load_onnx(path)
         else:
-            raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+            raise InputError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
         return cls(model, meta, **kw)
 
-    @torch.inference_mode()
-    def predict_arrays(self, x: torch.Tensor, batch_size: int = 256) -> list[Prediction]:
-        """MNIST-form uint8 images (N, 28, 28) -> one Prediction each."""
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 10) on the CPU for MNIST-form uint8 images (N, 28, 28), by evaluation's forward."""
+        return predict_logits(self.model, x.to(self.device), self.meta["mean"], self.meta["std"], batch_size=256,
+                              tta=self.tta).cpu()
+
+    def predict_arrays(self, x, batch_size: int = 256) -> list[Prediction]:
+        """MNIST-form images (N, 28, 28) -> one Prediction each.
+
+        White ink on black, centred, as MNIST: uint8 0..255 or float in [0, 1] (`inputs.as_pixels`
+        refuses anything else rather than guess).
+        """
+        x = as_pixels(x, "images")
+        if x.dim() != 3 or tuple(x.shape[1:]) != (28, 28):
+            raise InputError(f"predict_arrays takes MNIST-form images (N, 28, 28), not {tuple(x.shape)}")
         out = []
         for i in range(0, len(x), batch_size):
             batch = x[i:i + batch_size]
-            logits = torch.as_tensor(self.model(to_float(batch.to(self.device), self.meta["mean"], self.meta["std"])))
-            probs = logits.float().softmax(1).cpu()
+            probs = self.logits(batch).float().softmax(1)
             out += [self._prediction(p, img) for p, img in zip(probs, batch.cpu())]
         return out
 
@@ -137,11 +152,9 @@ class Predictor:
         x = preprocess.to_mnist(img)
         return empty() if x is None else self.predict_arrays(x[None])[0]
 
-    @torch.inference_mode()
     def _confidence(self, x: torch.Tensor) -> float:
         """How sure the model is of all these digits together: the sum of log max-probabilities."""
-        logits = torch.as_tensor(self.model(to_float(x.to(self.device), self.meta["mean"], self.meta["std"])))
-        return float(logits.float().log_softmax(1).amax(1).sum())
+        return float(self.logits(x).float().log_softmax(1).amax(1).sum())
 
     def predict_number(self, img: Image.Image, deadline: float | None = None) -> NumberPrediction:
         """A written number -> its digits left to right, with each digit's confidence.
@@ -276,8 +289,8 @@ def predict_inputs(predictor: Predictor, inputs: Iterable[tuple[str, Path | byte
                 yield Result(name, predictor.predict_number(img))
                 continue
             pending.append((name, preprocess.to_mnist(img), None))
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-            message = str(exc) if isinstance(exc, preprocess.ImageError) else f"cannot process it ({exc!r})"
+        except UserError as exc:  # one bad file must not stop the batch (a bug does: it is no file's fault)
+            message = str(exc)
             if multi:
                 yield Result(name, error=message)
                 continue

@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 import cv2
 
 from . import photo
+from .errors import UserError
 from .imageops import bbox, component_boxes, dilate, label_components, stroke_width
 
 MAX_BYTES = 64 * 2**20  # refuse bigger files before decoding them
@@ -52,7 +53,7 @@ STROKE, THIN = 1.8, 0.6  # MNIST's median `stroke_width` (px, at >= 128 of 255; 
 SPECK = 0.03  # components smaller than this fraction of the largest one are specks
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An input image we cannot use, with the reason phrased for a person."""
 
 

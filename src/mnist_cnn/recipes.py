@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adadelta", "adamw")
 SCHEDULES = ("constant", "step", "onecycle", "cosine")
@@ -69,7 +70,7 @@ class TrainConfig:
         }
         bad = [f"{name} = {getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid {self.recipe} config: {'; '.join(bad)}")
+            raise ConfigError(f"invalid {self.recipe} config: {'; '.join(bad)}")
 
     @property
     def augments(self) -> bool:
@@ -165,7 +166,7 @@ class DefaultConfig(TrainConfig):
     schedule: str = "onecycle"
     warmup: float = 0.2
     label_smoothing: float = 0.1
-    ema_decay: float = 0.999  # per step, warmed up from 0 (see train.update_ema)
+    ema_decay: float = 0.999  # per step, warmed up from 0 (see training.update_ema)
     translate: float = 2.0
     rotate: float = 10.0
     scale: float = 0.1
@@ -217,12 +218,19 @@ def get_config(recipe: str, **overrides) -> TrainConfig:
     try:
         cls = RECIPES[recipe]
     except KeyError:
-        raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}") from None
+        raise ConfigError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}") from None
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(overrides) - fields
     if unknown:
-        raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
     return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def normalization(cfg: TrainConfig) -> tuple[float, float]:
+    """(mean, std) that a recipe's inputs are normalized with: MNIST's, or (0, 1) to keep [0, 1]."""
+    from .data import MNIST_MEAN, MNIST_STD  # data imports torch; a recipe is read by --help too
+
+    return (MNIST_MEAN, MNIST_STD) if cfg.normalize else (0.0, 1.0)
 
 
 def config_from_dict(d: dict) -> TrainConfig:

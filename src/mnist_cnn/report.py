@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .data import CLASSES, atomic_write
+from .data import CLASSES
+from .errors import ConfigError
+from .files import atomic_write, read_json
 from .figures import (calibration, confusion_figure, curves_figure, misclassified_figure, per_class_figure, png_bytes,
                       reliability_figure, samples_figure)
-from .runs import fmt, read_json
+from .runs import fmt
 
 REPORT_DIR = "report"
 
@@ -61,8 +63,9 @@ def html_report(title: str, config: dict, metrics: dict, pngs: dict[str, bytes])
     epochs = f"{config.get('epochs', '?')} epoch" + ("" if config.get("epochs") == 1 else "s")
     parts = (f"recipe {config.get('recipe', '?')}", config.get("model", "?"), epochs, metrics.get("device"))
     subtitle = " · ".join(str(x) for x in parts if x)
+    measured = f" ({metrics['test_forward']})" if metrics.get("test_forward") else ""
     cards = "".join(f'<div class="card"><b data-key="{k}">{e(fmt(k, metrics[k]))}</b><span>{e(label)}</span></div>'
-                    for k, label in (("test_accuracy", "test accuracy"), ("test_loss", "test loss"),
+                    for k, label in (("test_accuracy", "test accuracy" + measured), ("test_loss", "test loss"),
                                      ("val_accuracy", "validation accuracy"), ("ece", "calibration error (ECE)"),
                                      ("misclassified", "misclassified"), ("train_seconds", "training time"))
                     if metrics.get(k) is not None)
@@ -146,7 +149,7 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'") from None
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'mnist-cnn[tensorboard]'") from None
     return SummaryWriter
 
 

@@ -1,72 +1,51 @@
-"""Run folders: train one (what `mnist-cnn train` writes), list them, compare their numbers and curves.
+"""Run folders: where they live, which is the latest, listing them, comparing their numbers and curves.
 
-    mnist-cnn train --out runs/fast --recipe fast
+A run folder is what `mnist-cnn train` (or `mnist_cnn.train()`, the same job: `pipeline.py`)
+writes: config.json first, then the checkpoints, then metrics.json when it has finished.
+This module only reads them, and imports nothing heavy.
+
     mnist-cnn runs runs/ --sort acc && mnist-cnn compare runs/fast runs/default
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 
-from . import checkpoint, data, distributed, models, train
-from .evaluate import evaluate, fit_temperature, predict_logits
+from .errors import UserError
+from .files import read_json
+
+RUNS_DIR = Path("runs")  # where runs go unless told otherwise (relative to the working directory)
+LATEST = "latest"  # the model name that means the newest finished run under RUNS_DIR
 
 
-def train_run(cfg, run_dir: Path, device, data_dir=None, resume: bool = False, tensorboard: bool = False,
-              log=print) -> dict:
-    """Train `cfg` into `run_dir`, score it on the test set and return its metrics.
-
-    The folder gets config.json first (so an unfinished run is listed), the training
-    checkpoints as it goes, then model.safetensors, metrics.json, run.json and report/.
-    Under torchrun every rank calls this and rank 0 writes.
-    """
-    from .progress import TrainProgress  # tqdm is only needed when training from the CLI
-
-    if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        train.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    mnist = data.load_mnist(data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train, device=device, log=log)
-    with TrainProgress(cfg, len(mnist.train_x), enabled=distributed.is_main()) as progress:
-        if cfg.ensemble > 1:  # members keep their own folders; the run's curves are member 0's
-            model, histories = train.train_ensemble(cfg, mnist, device, run_dir, progress.step, progress.epoch)
-            history = histories[0]
-            if distributed.is_main():
-                train.write_json(run_dir / train.HISTORY_NAME, dataclasses.asdict(history))
-        else:
-            model, history = train.train(cfg, mnist, device, run_dir, resume=resume,
-                                         on_step=progress.step, on_epoch=progress.epoch)
-    # Training time over every segment of a resumed run (each History adds up its own segments).
-    seconds = sum(h.seconds for h in histories) if cfg.ensemble > 1 else history.seconds
-    mean, std = train.normalization(cfg)
-    # Calibrate the probabilities on the validation split, when there is one (argmax and accuracy are unchanged).
-    temperature = fit_temperature(predict_logits(model, mnist.val_x, mean, std, channels_last=cfg.channels_last),
-                                  mnist.val_y) if len(mnist.val_y) else 1.0
-    scored = models.with_temperature(model, temperature)  # what load_model will give
-    test = evaluate(scored, mnist.test_x, mnist.test_y, mean, std, tta=cfg.tta, channels_last=cfg.channels_last)
-    metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss, "per_class": test.per_class,
-               "test_images": test.n, "train_seconds": seconds, "epochs": cfg.epochs, "device": str(device),
-               "world_size": distributed.world_size(),
-               "val_accuracy": history.epochs[-1].get("val_acc") if history.epochs else None}
-    if distributed.is_main():
-        checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model,
-                              train.model_metadata(cfg, metrics, temperature))
-        train.write_json(run_dir / "metrics.json", metrics)
-        train.write_json(run_dir / "run.json", {"config": dataclasses.asdict(cfg), "metrics": metrics,
-                                                "versions": checkpoint.library_versions(),
-                                                "git_commit": checkpoint.git_commit(), "argv": sys.argv})
-        from .report import write_run_report  # figures are drawn after training, so they never slow it
-        probs = test.probabilities if distributed.world_size() == 1 else (  # rank 0 scored one shard only
-            predict_logits(scored, mnist.test_x, mean, std, tta=cfg.tta).softmax(1).cpu())
-        write_run_report(run_dir, mnist.test_x.cpu(), mnist.test_y.cpu(), probs, tensorboard)
-    return metrics
+def new_run_dir(recipe: str, folder: Path = RUNS_DIR) -> Path:
+    """A fresh run folder's name: runs/RECIPE-YYYYmmdd-HHMMSS."""
+    return Path(folder) / f"{recipe}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def read_json(path: Path, default=None):
-    return json.loads(path.read_text()) if path.exists() else default
+def is_finished(path: Path) -> bool:
+    """Whether a run folder holds a finished run: its metrics and final model are written."""
+    return (Path(path) / "metrics.json").is_file() and (Path(path) / "model.safetensors").is_file()
+
+
+def latest_run(folder: Path = RUNS_DIR) -> Path:
+    """The newest finished run under `folder` (by when its metrics were written), or a UserError."""
+    folder = Path(folder)
+    found = [p.parent for p in folder.rglob("metrics.json") if is_finished(p.parent)] if folder.is_dir() else []
+    if not found:
+        raise UserError(f"no finished run under {folder.resolve()} for {LATEST!r} (a finished run folder holds "
+                        "metrics.json and model.safetensors); train one with `mnist-cnn train`")
+    return max(found, key=lambda p: ((p / "metrics.json").stat().st_mtime_ns, str(p)))
+
+
+def resolve(source) -> Path:
+    """A model's path as given, with "latest" meaning `latest_run()` (unless a file or folder has that name)."""
+    path = Path(source)
+    if str(source) == LATEST and not path.exists():
+        return latest_run()
+    return path
 
 
 def fmt(key: str, value) -> str:
@@ -88,7 +67,7 @@ def read_config(path: Path) -> dict:
     """A run folder's resolved config, as `mnist-cnn train` wrote it first thing."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise ValueError(f"{path}: not a run folder (no config.json; run folders are written by `mnist-cnn train`)")
+        raise UserError(f"{path}: not a run folder (no config.json; run folders are written by `mnist-cnn train`)")
     return read_json(path / "config.json")
 
 
@@ -102,7 +81,7 @@ def load_run(path: Path) -> dict:
 def find_runs(folder: Path) -> list[dict]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder}: no such folder")
+        raise UserError(f"{folder}: no such folder")
     return [load_run(p.parent) for p in sorted(folder.rglob("config.json"))]
 
 
@@ -111,6 +90,7 @@ def run_row(run: dict) -> dict:
     return {"recipe": cfg.get("recipe", "?"), "model": cfg.get("model", "?"),
             "epochs": m.get("epochs", len(h.get("epochs", []))), "planned": cfg.get("epochs"),
             "seconds": m.get("train_seconds"), "accuracy": m.get("test_accuracy"), "val": m.get("val_accuracy"),
+            "tta": bool(cfg.get("tta", False)),  # the test accuracy was measured with test-time augmentation
             "date": datetime.fromtimestamp(run["date"]).strftime("%Y-%m-%d %H:%M"), "path": str(run["path"])}
 
 
@@ -137,8 +117,8 @@ def runs_table(rows: list[dict]) -> str:
 
     return text_table(["recipe", "model", "epochs", "time", "test acc", "val acc", "date", "path"], [
         [r["recipe"], r["model"], str(r["epochs"]) if r["accuracy"] is not None else f"{r['epochs']}/{r['planned']}",
-         "-" if r["seconds"] is None else f"{r['seconds']:.0f} s", pct(r["accuracy"]) if r["accuracy"] is not None
-         else "unfinished", pct(r["val"]), r["date"], r["path"]] for r in rows])
+         "-" if r["seconds"] is None else f"{r['seconds']:.0f} s", pct(r["accuracy"]) + (" TTA" if r["tta"] else "")
+         if r["accuracy"] is not None else "unfinished", pct(r["val"]), r["date"], r["path"]] for r in rows])
 
 
 def run_names(runs: list[dict]) -> list[str]:
@@ -149,8 +129,8 @@ def run_names(runs: list[dict]) -> list[str]:
 
 def compare_table(runs: list[dict]) -> str:
     """Runs side by side: headline numbers, then every config field on which they differ."""
-    metric_rows = [("test accuracy", "test_accuracy"), ("test loss", "test_loss"), ("val accuracy", "val_accuracy"),
-                   ("train seconds", "train_seconds"), ("device", "device")]
+    metric_rows = [("test accuracy", "test_accuracy"), ("measured", "test_forward"), ("test loss", "test_loss"),
+                   ("val accuracy", "val_accuracy"), ("train seconds", "train_seconds"), ("device", "device")]
     rows = [[label] + [fmt(key, r["metrics"].get(key)) if r["metrics"].get(key) is not None else "-" for r in runs]
             for label, key in metric_rows]
     keys = list(dict.fromkeys(k for r in runs for k in r["config"]))

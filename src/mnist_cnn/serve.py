@@ -32,6 +32,7 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from . import guards, predict, preprocess, segment
+from .evaluation import forward_label, measured_forward
 from .payload import (BodyLimit, Limits, check_batch_pixels, decode_checked, invalid, number_json, prediction_json,
                       read_items)
 
@@ -220,6 +221,7 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
     async def model_info():
         meta = predictor.meta
         return {**meta, "backend": backend, "test_accuracy": meta.get("metrics", {}).get("test_accuracy"),
+                "test_forward": measured_forward(meta), "forward": forward_label(predictor.tta),
                 "min_confidence": predictor.min_confidence, "limits": asdict(limits)}
 
     @app.post("/api/predict", summary="Recognize one digit (or, with multi=true, a written number)",
@@ -251,8 +253,8 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
 
 def load_predictor(model=None, backend: str = "torch", device: str = "cpu", threads: int = 1,
                    min_confidence: float = 0.5) -> predict.Predictor:
-    """The model, loaded once per server process, with its intra-op threads (1 is fastest for small batches)."""
-    torch.set_num_threads(threads)
+    """The model, loaded once per server process; `threads` is ONNX Runtime's intra-op threads (1 is fastest
+    for small batches). torch's thread count is the process's, set by its edge (the CLI, `worker_app`)."""
     if backend == "onnx":  # from_path's loader, but with our thread count: 1 beat ORT's one-per-core at batch 1
         from .export import load_onnx
 
@@ -267,6 +269,7 @@ def worker_app() -> FastAPI:
     """uvicorn's app factory in each `--workers` process: the same model, loaded once per process."""
     options = json.loads(os.environ[WORKER_OPTIONS])
     hosts = options.pop("allowed_hosts")
+    torch.set_num_threads(options["threads"])  # a worker process's edge, like the CLI's
     return create_app(load_predictor(**options), backend=options["backend"], allowed_hosts=hosts)
 
 

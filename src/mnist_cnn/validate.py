@@ -24,7 +24,7 @@ MAX_SIZE = 65_536  # any integer architecture argument (channels, units)
 MAX_DEPTH = 64  # convs per stage: the only argument that multiplies modules (and time to build them)
 MAX_LIST = 8  # items in a list argument such as bnnet's widths
 MAX_MEMBERS = 32  # networks in an ensemble
-TEMPERATURE_RANGE = (0.01, 100.0)  # evaluate.fit_temperature searches [0.05, 20]
+TEMPERATURE_RANGE = (0.01, 100.0)  # evaluation.fit_temperature searches [0.05, 20]
 STD_RANGE = (1e-3, 1e3)  # inputs are uint8 / 255; mnist-cnn writes 0.3081 or 1
 MAX_ABS_MEAN = 1e3
 

@@ -292,6 +292,6 @@ function showNumber(n) {
 // ---------------------------------------------------------------- start-up
 
 fetch("/api/model").then((r) => r.json()).then((m) => {
-  const acc = m.test_accuracy == null ? "not measured" : `${Number(m.test_accuracy).toFixed(2)}% on MNIST test`;
+  const acc = m.test_accuracy == null ? "not measured" : `${Number(m.test_accuracy).toFixed(2)}% on MNIST test (${m.test_forward})`;
   $("model-info").textContent = `Model: ${m.arch} (${m.backend}), test accuracy ${acc}.`;
 }).catch(() => { $("model-info").textContent = "Model information unavailable."; });

@@ -1,10 +1,15 @@
 """Evaluation: accuracy, loss, per-class accuracy and the confusion matrix of a model on a split.
 
+`predict_logits` is the one forward pass from uint8 images to logits: evaluate measures with it
+and `predict.Predictor` serves with it, so the accuracy a checkpoint reports is the served one.
+A recipe with `tta` uses test-time augmentation in both; every figure says which (`forward_label`).
+
     mnist-cnn evaluate runs/default --json
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +22,22 @@ from .augment import shift, to_float
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 
 
+def forward_label(tta: bool) -> str:
+    """How a figure was measured, for people: with test-time augmentation, or one pass per image."""
+    return f"with TTA ({len(TTA_SHIFTS)} shifts)" if tta else "single pass"
+
+
+def uses_tta(meta: dict) -> bool:
+    """Whether a checkpoint's recipe evaluates (and so serves) with test-time augmentation."""
+    return bool((meta.get("config") or {}).get("tta", False))
+
+
+def measured_forward(meta: dict) -> str:
+    """How a checkpoint's (or run's) test accuracy was measured; runs before the label was recorded
+    were measured with their recipe's `tta`, like every run since."""
+    return (meta.get("metrics") or {}).get("test_forward") or forward_label(uses_tta(meta))
+
+
 @dataclass
 class Metrics:
     accuracy: float  # percent
@@ -26,15 +47,16 @@ class Metrics:
     predictions: torch.Tensor  # (N,) predicted class
     probabilities: torch.Tensor  # (N, 10) softmax
     n: int
+    forward: str = "single pass"  # how it was measured: `forward_label`
 
     def summary(self) -> dict:
         """The JSON-able part (without per-image tensors)."""
         return {"accuracy": self.accuracy, "loss": self.loss, "per_class": self.per_class,
-                "confusion": self.confusion, "n": self.n}
+                "confusion": self.confusion, "n": self.n, "forward": self.forward}
 
     def describe(self, classes) -> str:
         """For a person: accuracy and loss, per-class accuracy, and the confusion matrix."""
-        lines = [f"test accuracy: {self.accuracy:.2f}% of {self.n} images, loss {self.loss:.4f}",
+        lines = [f"test accuracy: {self.accuracy:.2f}% of {self.n} images ({self.forward}), loss {self.loss:.4f}",
                  "per-class accuracy: " + "  ".join(f"{c}:{a:.1f}" for c, a in zip(classes, self.per_class)),
                  "confusion matrix (rows: true, columns: predicted):",
                  "      " + "".join(f"{c:>6}" for c in classes)]
@@ -45,8 +67,13 @@ class Metrics:
 @torch.inference_mode()
 def predict_logits(model, x: torch.Tensor, mean: float, std: float, batch_size: int = 1000,
                    tta: bool = False, channels_last: bool = False) -> torch.Tensor:
-    """Logits (N, 10) for uint8 images (N, 28, 28), in batches, on the images' device."""
-    model.eval()
+    """Logits (N, 10) for uint8 images (N, 28, 28), in batches, on the images' device.
+
+    With `tta`, the mean log-probabilities over TTA_SHIFTS. `model` is any callable from normalized
+    (B, 1, 28, 28) floats to logits: a torch module (put in eval mode here) or an ONNX session's.
+    """
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         batch = to_float(x[i:i + batch_size], mean, std)
@@ -110,4 +137,4 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, mean: float, std: float, b
     rank, world = distributed.rank(), distributed.world_size()
     x, y = x[rank::world], y[rank::world]
     logits = predict_logits(model, x, mean, std, batch_size, tta, channels_last)
-    return metrics_from_logits(logits, y)
+    return dataclasses.replace(metrics_from_logits(logits, y), forward=forward_label(tta))

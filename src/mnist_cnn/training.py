@@ -3,6 +3,10 @@
 Randomness is a function of (seed, epoch): each epoch reseeds its shuffling,
 augmentation and dropout generators, so resuming from an epoch's checkpoint
 restores the RNG state exactly, and torchrun ranks agree on every permutation.
+The caller's global generators are left as they were (`own_rng`). A step never
+waits for the device: an epoch's indices and augmentation are moved there up
+front, and its losses and accuracies are read back once, at its end.
+Checkpoint files are `checkpoint.py`'s; the whole job (calibrate, test, report) is `pipeline.py`'s.
 
     mnist-cnn train --recipe fast --out runs/fast
 """
@@ -11,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,13 +26,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint, distributed, models
-from .augment import augment_batch, to_float
-from .data import MNIST, MNIST_MEAN, MNIST_STD, atomic_write
-from .evaluate import evaluate
-from .recipes import TrainConfig
+from .augment import apply_augmentation, draw_augmentation, to_float
+from .data import MNIST
+from .errors import ConfigError
+from .evaluation import evaluate
+from .files import remove_partial_writes
+from .recipes import TrainConfig, normalization
 
-STATE_NAME = "train_state.safetensors"
-HISTORY_NAME = "history.json"
+# Config fields that a resumed run may change (each resume records its changes in the history).
+# Any other change would make the rest of the run a different run from the one it continues.
+RESUMABLE = ("epochs", "lr", "compile", "log_every", "tta")
 
 
 @dataclass
@@ -37,10 +43,7 @@ class History:
     steps: list[dict] = field(default_factory=list)  # {step, epoch, loss, acc, lr}
     epochs: list[dict] = field(default_factory=list)  # {epoch, val_acc, val_loss, seconds}
     seconds: float = 0.0  # wall time inside `train`, added up over every resumed segment
-
-
-def normalization(cfg: TrainConfig) -> tuple[float, float]:
-    return (MNIST_MEAN, MNIST_STD) if cfg.normalize else (0.0, 1.0)
+    resumes: list[dict] = field(default_factory=list)  # {epoch: where it resumed, changed: {field: [old, new]}}
 
 
 def lr_at(step: int, total_steps: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
@@ -110,7 +113,12 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 
 def train_one_epoch(model, optimizer, data: MNIST, cfg: TrainConfig, epoch: int, step: int, total_steps: int,
                     steps_per_epoch: int, ema=None, on_step: Callable[[dict], None] | None = None) -> int:
-    """One pass over this rank's shard of a shuffled permutation; returns the next global step."""
+    """One pass over this rank's shard of a shuffled permutation; returns the next global step.
+
+    `on_step(row)` sees every step's {step, epoch, loss, acc, lr}. During the epoch, loss and acc
+    are 0-d tensors on the device (reading one waits for the device: do it at log points only);
+    when the epoch ends, one read turns every row's into floats.
+    """
     mean, std = normalization(cfg)
     generator = epoch_generator(cfg, epoch)
     batches = epoch_batches(len(data.train_x), cfg.batch_size, generator)
@@ -122,11 +130,18 @@ def train_one_epoch(model, optimizer, data: MNIST, cfg: TrainConfig, epoch: int,
     if rank:
         generator.manual_seed(seed)
     torch.manual_seed(seed)  # dropout draws from the global generator
+    # The epoch's indices and augmentation, drawn on the CPU in the order the steps use them, go
+    # to the device in one copy each; the steps' losses and accuracies stay there until the end.
+    device = data.train_x.device
+    indices = torch.stack(batches).to(device)  # (steps, this rank's batch)
+    drawn = [draw_augmentation(len(idx), generator, cfg) for idx in batches]
+    params = torch.stack(drawn).to(device) if drawn[0] is not None else [None] * len(batches)
+    stats = torch.zeros(len(batches), 2, device=device)  # each step's loss and accuracy (%)
     global_batch = min(cfg.batch_size, len(data.train_x))
+    rows = []
     model.train()
-    for idx in batches:
-        idx = idx.to(data.train_x.device)
-        x = augment_batch(to_float(data.train_x[idx], mean, std), generator, cfg)
+    for i, idx in enumerate(indices):
+        x = apply_augmentation(to_float(data.train_x[idx], mean, std), params[i], cfg)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = data.train_y[idx]
@@ -142,16 +157,49 @@ def train_one_epoch(model, optimizer, data: MNIST, cfg: TrainConfig, epoch: int,
         optimizer.step()
         if ema is not None:
             update_ema(ema, model, cfg.ema_decay, step)
+        with torch.no_grad():
+            stats[i, 0] = loss.detach()
+            stats[i, 1] = (logits.argmax(1) == y).float().mean() * 100
+        rows.append({"step": step, "epoch": epoch, "loss": stats[i, 0], "acc": stats[i, 1], "lr": lr})
         if on_step is not None:
-            acc = (logits.argmax(1) == y).float().mean()
-            on_step({"step": step, "epoch": epoch, "loss": loss.item(), "acc": 100 * acc.item(), "lr": lr})
+            on_step(rows[-1])
         step += 1
+    for row, (loss, acc) in zip(rows, stats.tolist()):  # the epoch's one read from the device
+        row["loss"], row["acc"] = loss, acc
     return step
 
 
-def _unwrapped(model: nn.Module) -> nn.Module:
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "_orig_mod", model)  # torch.compile
+def own_rng(device):
+    """A context that restores the global generators (CPU, and the device's) on exit.
+
+    Training seeds them (the initial weights, and dropout, draw from them); the caller's
+    random state is not ours to change.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.random.fork_rng(devices=[device.index if device.index is not None
+                                              else torch.cuda.current_device()])
+    if device.type == "mps":
+        return torch.random.fork_rng(devices=[0], device_type="mps")
+    return torch.random.fork_rng(devices=[])
+
+
+def resume_changes(saved: dict, cfg: TrainConfig, epochs_done: int = 0) -> dict:
+    """{field: [saved value, new value]} for a resumed run, or ConfigError for a change it cannot take.
+
+    `saved` is the config the run was trained with so far (JSON form); `epochs_done`, its epochs.
+    """
+    new = dataclasses.asdict(cfg)
+    changed = {k: [saved[k], v] for k, v in new.items() if k in saved and saved[k] != v}
+    refused = [k for k in changed if k not in RESUMABLE]
+    if refused:
+        raise ConfigError("a resumed run continues the same training, so it cannot change "
+                          + ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused)
+                          + f"; it may change {', '.join(RESUMABLE)}. Start a new run for the others")
+    if cfg.epochs < epochs_done:
+        raise ConfigError(f"this run has trained {epochs_done} epochs already; resume it with epochs "
+                          f"{epochs_done} or more")
+    return changed
 
 
 def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, resume: bool = False,
@@ -164,6 +212,11 @@ def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, re
     model.safetensors, train_state.safetensors and history.json atomically after every
     epoch; `resume` continues from them.
     """
+    with own_rng(device):
+        return _train(cfg, data, device, run_dir, resume, on_step, on_epoch)
+
+
+def _train(cfg, data, device, run_dir, resume, on_step, on_epoch):
     t_start = time.perf_counter()
     if run_dir is not None and distributed.is_main():
         remove_partial_writes(Path(run_dir))
@@ -172,11 +225,13 @@ def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, re
     optimizer = make_optimizer(model, cfg)
     history, start_epoch = History(), 0
     if resume:
-        start_epoch, history = load_train_state(Path(run_dir), model, optimizer, ema)
+        start_epoch, saved, saved_cfg = checkpoint.load_train_state(Path(run_dir), model, optimizer, ema)
+        history = History(**saved)
+        history.resumes.append({"epoch": start_epoch, "changed": resume_changes(saved_cfg, cfg, start_epoch)})
     seconds_before = history.seconds  # earlier segments' time, so train_seconds adds up over resumes
     if distributed.world_size() > 1 and cfg.batch_size < 2 * distributed.world_size():
-        raise ValueError(f"batch size {cfg.batch_size} leaves fewer than 2 images per rank on "
-                         f"{distributed.world_size()} ranks (batch norm needs 2)")
+        raise ConfigError(f"batch size {cfg.batch_size} leaves fewer than 2 images per rank on "
+                          f"{distributed.world_size()} ranks (batch norm needs 2)")
     net = distributed.wrap(model)
     if cfg.compile:
         net = torch.compile(net)
@@ -206,7 +261,8 @@ def train(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None = None, re
             on_epoch(row, ema or model)
         history.seconds = seconds_before + time.perf_counter() - t_start
         if run_dir is not None and distributed.is_main():
-            save_train_state(Path(run_dir), cfg, model, optimizer, ema, history, epoch + 1)
+            checkpoint.save_train_state(Path(run_dir), cfg, model, optimizer, ema, dataclasses.asdict(history),
+                                        epoch + 1)
     return (ema or model).eval(), history
 
 
@@ -221,7 +277,7 @@ def train_ensemble(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None =
     for k in range(cfg.ensemble):
         member_cfg = dataclasses.replace(cfg, seed=cfg.seed + k, ensemble=1)
         member_dir = Path(run_dir) / f"member-{k}" if run_dir is not None else None
-        resume = member_dir is not None and (member_dir / STATE_NAME).exists()
+        resume = member_dir is not None and (member_dir / checkpoint.STATE_NAME).exists()
         model, history = train(member_cfg, data, device, member_dir, resume, on_step, on_epoch)
         members.append(model)
         histories.append(history)
@@ -230,79 +286,9 @@ def train_ensemble(cfg: TrainConfig, data: MNIST, device, run_dir: Path | None =
 
 def ensemble_of(cfg: TrainConfig, members: list[nn.Module], device) -> models.Ensemble:
     """One `models.Ensemble` holding copies of trained members of the recipe's architecture."""
-    ensemble = models.Ensemble(member_specs(cfg, len(members))).to(device)
+    ensemble = models.Ensemble(checkpoint.member_specs(cfg, len(members))).to(device)
     for slot, member in zip(ensemble.members, members):
-        slot.load_state_dict(_unwrapped(member).state_dict())
+        slot.load_state_dict(models.unwrap(member)[0].state_dict())
     if cfg.channels_last:
         ensemble = ensemble.to(memory_format=torch.channels_last)
     return ensemble.eval()
-
-
-# ------------------------------------------------------------- checkpointing
-
-
-def member_specs(cfg: TrainConfig, n: int) -> list[dict]:
-    """`models.Ensemble`'s description of n members of the recipe's architecture."""
-    return [{"arch": cfg.model, "arch_args": cfg.model_args}] * n
-
-
-def model_metadata(cfg: TrainConfig, metrics: dict | None = None, temperature: float = 1.0) -> dict:
-    mean, std = normalization(cfg)
-    arch, args = cfg.model, cfg.model_args
-    if cfg.ensemble > 1:
-        arch, args = "ensemble", {"members": member_specs(cfg, cfg.ensemble)}
-    return checkpoint.make_metadata(arch, args, mean, std, dataclasses.asdict(cfg), metrics, temperature)
-
-
-def save_train_state(run_dir: Path, cfg, model, optimizer, ema, history: History, epochs_done: int) -> None:
-    """Everything a resume needs, in one atomic file: weights, EMA, optimizer state and history.
-
-    The history travels inside train_state (history.json is a readable copy written after it):
-    a kill between two separate files would otherwise leave a state one epoch ahead of its history.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    final = ema or model
-    checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, final, model_metadata(cfg))
-    tensors = {f"model.{k}": v for k, v in _unwrapped(model).state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    opt = optimizer.state_dict()
-    for pid, state in opt["state"].items():
-        for name, value in state.items():
-            if value is not None:  # SGD without momentum keeps a None buffer
-                tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
-    meta = {"epochs_done": epochs_done, "param_groups": opt["param_groups"], "config": dataclasses.asdict(cfg),
-            "history": dataclasses.asdict(history)}
-    checkpoint.save_tensors(run_dir / STATE_NAME, tensors, meta)
-    write_json(run_dir / HISTORY_NAME, dataclasses.asdict(history))
-
-
-def remove_partial_writes(run_dir: Path) -> None:
-    """Delete the temporary files of writes that a kill interrupted (`atomic_write` names them .NAME.*.tmp)."""
-    if run_dir.is_dir():
-        for tmp in run_dir.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
-def load_train_state(run_dir: Path, model, optimizer, ema) -> tuple[int, History]:
-    tensors, meta = checkpoint.load_tensors(run_dir / STATE_NAME)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema is not None:
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    done = meta["epochs_done"]
-    if "history" in meta:
-        return done, History(**meta["history"])
-    # A state written before the history moved inside it: keep only the epochs the state has.
-    old = json.loads((run_dir / HISTORY_NAME).read_text())
-    return done, History(steps=[s for s in old["steps"] if s["epoch"] < done],
-                         epochs=[e for e in old["epochs"] if e["epoch"] <= done])
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(Path(path), (json.dumps(obj, indent=2) + "\n").encode())

@@ -1,0 +1,109 @@
+"""The training job: train -> calibrate -> test -> save -> report, into one run folder.
+
+`mnist-cnn train` and `mnist_cnn.train()` both run `train_run`. The folder gets config.json
+first (so an unfinished run is listed), the training checkpoints as it goes, then
+model.safetensors, metrics.json, run.json and report/. The job prints nothing unless asked
+(`progress`, `log`), and leaves the caller's random generators as they were.
+
+    mnist-cnn train --out runs/fast --recipe fast
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import checkpoint, data, distributed, models, training
+from .evaluation import evaluate, fit_temperature, forward_label, predict_logits
+from .files import read_json, write_json
+from .recipes import TrainConfig, normalization
+
+
+def train_run(cfg: TrainConfig, run_dir: Path, device, data_dir=None, resume: bool = False,
+              tensorboard: bool = False, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> dict:
+    """Train `cfg` into `run_dir`, score it on the test set and return its metrics.
+
+    `progress` draws a bar (tqdm.auto: a widget in a notebook) and the notebook's log lines;
+    `log` receives messages about the data. Under torchrun every rank calls this and rank 0 writes.
+    """
+    run_dir, log = Path(run_dir), log or (lambda message: None)
+    if resume:  # refuse a change the run cannot take before anything is written
+        training.resume_changes(read_json(run_dir / "config.json", {}), cfg)
+    with caller_rng(device):
+        return _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, log)
+
+
+def _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, log) -> dict:
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    mnist = data.load_mnist(data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train, device=device, log=log)
+    callbacks = {}
+    with _progress(cfg, len(mnist.train_x), progress and distributed.is_main()) as bar:
+        if bar is not None:
+            callbacks = {"on_step": bar.step, "on_epoch": bar.epoch}
+        if cfg.ensemble > 1:  # members keep their own folders; the run's curves are member 0's
+            model, histories = training.train_ensemble(cfg, mnist, device, run_dir, **callbacks)
+            history = histories[0]
+            if distributed.is_main():
+                write_json(run_dir / checkpoint.HISTORY_NAME, dataclasses.asdict(history))
+        else:
+            model, history = training.train(cfg, mnist, device, run_dir, resume=resume, **callbacks)
+            histories = [history]
+    # Training time over every segment of a resumed run (each History adds up its own segments).
+    seconds = sum(h.seconds for h in histories)
+    mean, std = normalization(cfg)
+    # Calibrate the probabilities on the validation split, when there is one (argmax and accuracy are unchanged).
+    temperature = fit_temperature(predict_logits(model, mnist.val_x, mean, std, channels_last=cfg.channels_last),
+                                  mnist.val_y) if len(mnist.val_y) else 1.0
+    scored = models.with_temperature(model, temperature)  # what load_model will give
+    test = evaluate(scored, mnist.test_x, mnist.test_y, mean, std, tta=cfg.tta, channels_last=cfg.channels_last)
+    metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss, "per_class": test.per_class,
+               "test_images": test.n, "test_forward": forward_label(cfg.tta), "train_seconds": seconds,
+               "epochs": cfg.epochs, "device": str(device), "world_size": distributed.world_size(),
+               "val_accuracy": history.epochs[-1].get("val_acc") if history.epochs else None,
+               "val_forward": forward_label(False)}
+    if distributed.is_main():
+        checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model,
+                              checkpoint.model_metadata(cfg, metrics, temperature))
+        write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "run.json", {"config": dataclasses.asdict(cfg), "metrics": metrics,
+                                          "versions": checkpoint.library_versions(),
+                                          "git_commit": checkpoint.git_commit(), "argv": sys.argv})
+        from . import report  # figures are drawn after training, so they never slow it
+
+        probs = test.probabilities if distributed.world_size() == 1 else (  # rank 0 scored one shard only
+            predict_logits(scored, mnist.test_x, mean, std, tta=cfg.tta).softmax(1).cpu())
+        report.write_run_report(run_dir, mnist.test_x.cpu(), mnist.test_y.cpu(), probs, tensorboard)
+    return metrics
+
+
+@contextmanager
+def caller_rng(device):
+    """Restore every global generator the job might touch: torch's (CPU and device), numpy's and Python's."""
+    py, np_state = random.getstate(), np.random.get_state()
+    try:
+        with training.own_rng(device):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+
+
+@contextmanager
+def _progress(cfg, n_train: int, enabled: bool):
+    """A progress bar's callbacks when enabled (tqdm is imported only then), else None."""
+    if not enabled:
+        yield None
+        return
+    from .progress import TrainProgress
+
+    with TrainProgress(cfg, n_train) as bar:
+        yield bar
