@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 import cv2
 
-from . import photo
+from . import photo, rules
 from .errors import UserError
 from .imageops import bbox, component_boxes, dilate, label_components, stroke_width
 
@@ -242,17 +242,17 @@ def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) 
     sample = strength[::2, ::2]
     middle = float(np.median(sample))  # of the paper, and its own mottling, as robust spread: ink is a minority
     grain = middle + GRAIN * 1.4826 * float(np.median(np.abs(sample - middle)))
-    across, down = photo.rule_lines(strength > max(NOISE_INK * noise, 0.25 * THRESH * peak, grain))
-    rules = across | down
-    strong = (strength > 0.3 * peak) & ~rules
+    across, down = rules.rule_lines(strength > max(NOISE_INK * noise, 0.25 * THRESH * peak, grain))
+    printed = across | down
+    strong = (strength > 0.3 * peak) & ~printed
     if not strong.any():
         return None
     level = float(np.percentile(strength[strong], LEVEL_PCT))
     # The digit is chosen among candidates found at a low threshold, so that faint pencil is seen
     # beside stronger ink elsewhere (a desk's edge, a heading); then its own ink sets the level.
     low = max(NOISE_INK * noise, LOW * level, grain)
-    candidates = photo.remove_rules(strength > low, (across, down), strength, level)
-    strength = np.where(rules & ~candidates, 0, strength).astype(np.float32)  # the rules' grey levels go too
+    candidates = rules.remove_rules(strength > low, (across, down), strength, level)
+    strength = np.where(printed & ~candidates, 0, strength).astype(np.float32)  # the rules' grey levels go too
     labels, stats, widths = photo.components(candidates)
     chosen = photo.choose(labels, stats, photo.stroke_like(stats, widths, labels.shape), several)
     digit = chosen[labels]

@@ -1,0 +1,58 @@
+"""Ruled lines found in an ink mask (rules.py): drawn masks whose rule pixels are known."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from mnist_cnn import rules
+
+H, W = 600, 800
+
+
+def _polyline(mask: np.ndarray, xs: np.ndarray, ys: np.ndarray, thickness: int) -> None:
+    pts = np.stack([xs, ys], 1).round().astype(np.int32)
+    cv2.polylines(mask, [pts], False, 1, thickness=thickness)
+
+
+def _bent_rules(amplitude: float) -> tuple[np.ndarray, np.ndarray]:
+    """Five rules across an 800x600 mask, bent like a sheet that does not lie flat (one slow arc,
+    `amplitude` px high), 2 px thick: (mask uint8, the rules' own pixels bool)."""
+    mask = np.zeros((H, W), np.uint8)
+    xs = np.arange(0, W, 4, dtype=np.float64)
+    for y in (100, 200, 300, 400, 500):
+        _polyline(mask, xs, y + amplitude * np.sin(np.pi * xs / W), 2)
+    return mask, mask.astype(bool)
+
+
+def test_bent_rules_are_found_whole():
+    """A rule that bows by 10 px over the frame has no straight segment spanning 60% of it (the test
+    of a straight rule); its pieces that continue one another make it one."""
+    mask, truth = _bent_rules(10.0)
+    across, down = rules.rule_lines(mask.astype(bool))
+    assert not down.any()
+    assert (across & truth).sum() >= 0.9 * truth.sum()
+
+
+def test_pen_strokes_are_not_rules():
+    """A 1's long stroke and two digits' bars that line up along one writing line (a 7's bar, then
+    a 3's top, 40 px apart) are each far shorter than a rule: none of their ink is taken."""
+    mask = np.zeros((H, W), np.uint8)
+    cv2.line(mask, (400, 150), (420, 420), 1, thickness=7)  # a 1, 45% of the frame's height
+    cv2.line(mask, (100, 300), (260, 296), 1, thickness=5)  # a 7's bar...
+    cv2.line(mask, (300, 295), (520, 290), 1, thickness=5)  # ...and a 3's top, on the same line
+    across, down = rules.rule_lines(mask.astype(bool))
+    assert not across.any() and not down.any()
+
+
+def test_a_stroke_written_along_a_rule_is_cut_no_wider_than_the_rule():
+    """A digit's thick base written along a 2-px rule (a 2 on lined paper): the rule goes, and of the
+    pen's stroke only a band as wide as the rule's other pieces are (2 px and their skirts), not the
+    whole stroke, which `remove_rules` could then no longer join again."""
+    mask, truth = _bent_rules(0.0)
+    pen = np.zeros_like(mask)
+    cv2.line(pen, (300, 300), (460, 300), 1, thickness=15)
+    across, _ = rules.rule_lines((mask | pen).astype(bool))
+    assert (across & truth).sum() >= 0.9 * truth.sum()
+    ys, _ = np.nonzero(across & pen.astype(bool))
+    assert len(ys) and np.abs(ys - 300).max() <= 4
