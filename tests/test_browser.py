@@ -222,3 +222,24 @@ def test_api_docs_render_offline(browser, server):
     pg.screenshot(path=str(ARTIFACTS / "serve-docs.png"))
     context.close()
     assert not foreign, foreign
+
+
+def test_the_explain_panel_shows_where_the_network_looked(page):
+    """Closed, the panel asks for nothing; opened after a 7, it draws the heat map over the 28x28 and a
+    strip of feature maps per convolution, all from the page's own server."""
+    explains = []
+    page.on("request", lambda r: "/api/explain" in r.url and explains.append(r.url))
+    assert draw(page, SEVEN) == "7"
+    assert not explains  # collapsed: no explanation is computed
+    page.locator("#explain summary").click()
+    page.locator('#explain[data-drawn="true"]').wait_for(timeout=15_000)
+    assert page.locator("#explain-sentence").text_content().lower().startswith(("surely 7", "mostly 7"))
+    strips = page.locator("#explain-stages figure.stage")
+    assert strips.count() == 3  # the shipped network's three convolutions
+    assert page.locator("#explain-stages canvas").count() >= 3 * 4
+    # The heat map is drawn: its pixels differ (a blank canvas is all transparent).
+    shades = page.locator("#explain-heat").evaluate(
+        "c => new Set(Array.from(c.getContext('2d').getImageData(0, 0, 28, 28).data)).size")
+    assert shades > 10
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-page-explain.png"), full_page=True)

@@ -91,6 +91,14 @@ class Model:
             return self.predictor.predict_arrays(pixels)
         return self.predictor.predict_arrays(_mnist_form(pixels)[None])[0]
 
+    def explain(self, x, *, method: str = "integrated-gradients", preprocess: bool = True):
+        """Why the model answers what it does for one picture of a digit (anything `predict` takes):
+        an explain.Explanation with the 28x28 attribution for the digit (and a close runner-up), each
+        convolution's strongest feature maps, the first layer's filters and a sentence. Needs captum
+        (the extra "explain"); None when the picture has no ink."""
+        digit = _mnist_form(x) if not preprocess else _to_mnist(x)
+        return None if digit is None else self.predictor.explain(digit, method)
+
     def read_number(self, x) -> NumberPrediction | list[NumberPrediction]:
         """A written number (any picture `predict` takes) -> its digits left to right: `.text`, `.digits`."""
         if isinstance(x, (list, tuple)):

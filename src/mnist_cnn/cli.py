@@ -278,6 +278,26 @@ def printable(name: str, encoding: str | None) -> str:
     return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
+# ------------------------------------------------------------------ explain
+
+
+def cmd_explain(args) -> int:
+    from .errors import UserError
+    from .figures import explanation_figure, save_figure
+    from .preprocess import to_mnist
+    from .predict import Predictor, read_image
+
+    predictor = Predictor.from_path(args.model)
+    x = to_mnist(read_image(Path(args.image)))
+    if x is None:
+        raise UserError(f"{args.image}: no ink found, nothing to explain")
+    e = predictor.explain(x, args.method)
+    save_figure(explanation_figure(e, x), args.out)
+    print(e.sentence)
+    print(f"wrote {args.out}")
+    return 0
+
+
 # ------------------------------------------------------------------ convert
 
 
@@ -294,7 +314,7 @@ def cmd_convert(args) -> int:
 
 # ------------------------------------------------------------------- parser
 
-COMMANDS = ("data", "train", "evaluate", "runs", "compare", "export", "serve", "predict", "convert")
+COMMANDS = ("data", "train", "evaluate", "runs", "compare", "export", "serve", "predict", "explain", "convert")
 
 
 def build_parser():

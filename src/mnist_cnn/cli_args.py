@@ -213,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-processed", type=Path, metavar="DIR", help="write the 28x28 images the network saw")
     p.add_argument("--multi", action="store_true", help="read a number of several digits, left to right")
 
+    p = command("explain", "show why the network reads a digit as it does: a figure of the input, where it looked, "
+                "what each convolution saw, and the probabilities")
+    p.add_argument("image", metavar="IMAGE", help="a picture of one digit")
+    p.add_argument("--out", type=Path, default=Path("explain.png"), metavar="FILE", help="the figure to write (PNG)")
+    p.add_argument("--model", type=Path, metavar="CHECKPOINT", help="checkpoint or run folder "
+                   "(default: the shipped model)")
+    p.add_argument("--method", default="integrated-gradients", choices=["integrated-gradients", "occlusion"],
+                   help="how the pixels' share is measured")
+
     p = command("convert", "turn a torch.save(model.state_dict()) file into a mnist-cnn checkpoint")
     p.add_argument("file", type=Path, metavar="FILE", help="the .pt/.pth file (read with weights_only: no "
                    "pickled code runs)")

@@ -220,3 +220,38 @@ def reliability_figure(cal: dict) -> Figure:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     return fig
+
+
+def explanation_figure(e, x: torch.Tensor) -> Figure:
+    """One explain.Explanation as a figure: the 28x28 input, the attribution over it (and the
+    runner-up's), each convolution's strongest feature maps, the first layer's filters, and the
+    probabilities; its title is the explanation's sentence."""
+    rows = 2 + len(e.stages)
+    cols = max(4, max((len(s.maps) for s in e.stages), default=0))
+    fig = new_figure(1.3 * cols, 1.35 * rows + 0.6, layout=None)
+    grid = fig.add_gridspec(rows, cols, hspace=0.45, wspace=0.15, top=1 - 0.6 / (1.35 * rows + 0.6))
+    fig.suptitle(e.sentence, fontsize=9, wrap=True)
+
+    def picture(ax, img, title, cmap="gray", **kw):
+        ax.imshow(img, cmap=cmap, interpolation="nearest", **kw)
+        ax.set_title(title, fontsize=7)
+        ax.set_xticks([]), ax.set_yticks([])
+
+    picture(fig.add_subplot(grid[0, 0]), x.numpy(), "input (28x28)")
+    # Red pixels raised the digit's score, blue ones lowered it (scaled so the strongest is 1).
+    picture(fig.add_subplot(grid[0, 1]), e.attribution, f"for {e.digit}", cmap="bwr", vmin=-1, vmax=1)
+    if e.runner_up_attribution is not None:
+        picture(fig.add_subplot(grid[0, 2]), e.runner_up_attribution, f"for {e.runner_up}", cmap="bwr",
+                vmin=-1, vmax=1)
+    bars = fig.add_subplot(grid[0, 3:])
+    bars.bar(range(10), e.probabilities, color=["C3" if k == e.digit else "C0" for k in range(10)])
+    bars.set_xticks(range(10)), bars.set_ylim(0, 1), bars.tick_params(labelsize=6)
+    bars.set_title("probabilities", fontsize=7)
+    for r, stage in enumerate(e.stages, start=1):
+        for c, (fmap, ch) in enumerate(zip(stage.maps, stage.channels)):
+            picture(fig.add_subplot(grid[r, c]), fmap, f"{stage.name} #{ch}", cmap="magma")
+    if e.filters is not None:
+        for c, w in enumerate(e.filters[:cols]):
+            picture(fig.add_subplot(grid[rows - 1, c]), w, f"conv1 filter #{e.stages[0].channels[c]}", cmap="bwr",
+                    vmin=-np.abs(w).max(), vmax=np.abs(w).max())
+    return fig

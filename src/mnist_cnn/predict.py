@@ -152,6 +152,16 @@ class Predictor:
         x = preprocess.to_mnist(img)
         return empty() if x is None else self.predict_arrays(x[None])[0]
 
+    def explain(self, x: torch.Tensor, method: str = "integrated-gradients"):
+        """A 28x28 uint8 digit -> explain.Explanation of the served answer (its probabilities) by the
+        network's own pass. Torch models only: ONNX Runtime gives no gradients or feature maps."""
+        from . import explain  # captum, the optional extra "explain", only when asked
+
+        if not isinstance(self.model, torch.nn.Module):
+            raise UserError("explanations need the torch backend (an ONNX model has no gradients to follow)")
+        served = self.predict_arrays(x[None])[0].probabilities
+        return explain.explain(self.model, x, self.meta["mean"], self.meta["std"], method, probabilities=served)
+
     def _confidence(self, x: torch.Tensor) -> float:
         """How sure the model is of all these digits together: the sum of log max-probabilities."""
         return float(self.logits(x).float().log_softmax(1).amax(1).sum())
@@ -257,7 +267,8 @@ def save_processed(folder: Path, name: str, prediction: Prediction | NumberPredi
 READ_TIMEOUT_S = 10.0  # for one input path: a FIFO or device that never finishes fails alone
 
 
-def _load(source: Path | bytes | str) -> Image.Image:
+def read_image(source: Path | bytes | str) -> Image.Image:
+    """A path (read with a size limit), raw bytes, or an error message from iter_inputs -> the image."""
     if isinstance(source, str):
         raise preprocess.ImageError(source)
     if isinstance(source, Path):  # read here with a limit that devices and pipes cannot bypass
@@ -284,7 +295,7 @@ def predict_inputs(predictor: Predictor, inputs: Iterable[tuple[str, Path | byte
 
     for name, source in inputs:
         try:
-            img = _load(source)
+            img = read_image(source)
             if multi:
                 yield Result(name, predictor.predict_number(img))
                 continue

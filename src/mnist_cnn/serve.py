@@ -32,6 +32,7 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from . import guards, predict, preprocess, segment
+from .errors import UserError
 from .evaluation import forward_label, measured_forward
 from .payload import (BodyLimit, Limits, check_batch_pixels, decode_checked, invalid, number_json, prediction_json,
                       read_items)
@@ -176,6 +177,10 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
     async def image_error(request, exc):
         return JSONResponse({"detail": str(exc)}, 422)
 
+    @app.exception_handler(UserError)
+    async def user_error(request, exc):  # e.g. an unknown explanation method, or no captum installed
+        return JSONResponse({"detail": str(exc)}, 422)
+
     @app.exception_handler(Exception)
     async def server_error(request, exc):  # a bug, not bad input: still answer in JSON
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, 500)
@@ -230,6 +235,20 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
         [item] = await read_items(request, limits, batch=False, run=decode)
         deadline = time.monotonic() + limits.work_timeout_s
         return await bounded(predict_one(item, multi, deadline), deadline)
+
+    @app.post("/api/explain", summary="One digit's prediction, with where the network looked and what each "
+              "convolution saw", openapi_extra=_BODY_DOC)
+    async def post_explain(request: Request, method: str = "integrated-gradients"):
+        from . import explain  # captum, the optional extra "explain": only when asked
+
+        [item] = await read_items(request, limits, batch=False, run=decode)
+        deadline = time.monotonic() + limits.work_timeout_s
+        x = item if isinstance(item, torch.Tensor) else (await decode(image_input, item, deadline=deadline))[1]
+        if x is None:
+            return {"prediction": prediction_json(predict.empty()), "explanation": None}
+        [p] = await batcher(x[None])
+        e = await bounded(decode(predictor.explain, x, method, deadline=deadline), deadline)
+        return {"prediction": prediction_json(p), "explanation": explain.to_json(e)}
 
     @app.post("/api/predict/batch", summary="Recognize several single-digit images in one request",
               openapi_extra=_BODY_DOC)

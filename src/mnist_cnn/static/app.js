@@ -131,7 +131,7 @@ function changed(delay = DEBOUNCE_MS) {
 }
 
 function predictDrawing() {
-  if (!strokes.length) { seq++; busy = false; showIdle(); return; }
+  if (!strokes.length) { seq++; busy = false; showIdle(); explainPanel.clear(); return; }
   if (busy) { dirty = true; return; }  // send the newest drawing once this answer is back
   busy = true;
   pad.toBlob((blob) => send(blob, "drawing.png"), "image/png");
@@ -148,7 +148,8 @@ async function send(blob, name) {
     const body = await res.json().catch(() => ({ detail: `HTTP ${res.status}` }));
     if (id !== seq) return;
     if (!res.ok) throw new Error(typeof body.detail === "string" ? body.detail : `HTTP ${res.status}`);
-    if (body.text !== undefined) showNumber(body); else showDigit(body);
+    if (body.text !== undefined) { showNumber(body); explainPanel.clear(); }
+    else { showDigit(body); explainPanel.update(blob, name); }
   } catch (err) {
     if (id === seq) showError(err.message);
   } finally {
