@@ -49,5 +49,5 @@ def test_photos_are_read_and_never_confidently_wrong(answers):
     confident = {n: a for n, a in wrong.items() if a[2] >= 0.9}
     right = sum(a[1] == "ok" and a[0] == LABELS[n]["label"] for n, a in answers.items())
     assert not confident, confident
-    # 27 of the 30 were read when the set was made; a change that reads fewer is a regression.
-    assert right >= 27, {n: a for n, a in answers.items() if a[0] != LABELS[n]["label"]}
+    # 27 of the 30 were read when the set was made, 28 once bent rules were found; fewer is a regression.
+    assert right >= 28, {n: a for n, a in answers.items() if a[0] != LABELS[n]["label"]}
