@@ -3,7 +3,7 @@
 The run executes every cell with nbclient in a `python3` kernel of this same interpreter
 (ipykernel's own kernel spec, whose `python` jupyter_client replaces with sys.executable), in a
 scratch folder laid out like the repository, so its `runs/` land there. It trains on small
-subsets (the notebook's `FULL = False`): about 2 minutes on 2 CPU cores.
+subsets (the notebook's `FULL = False`): a few minutes on 2 CPU cores.
 
     pytest tests/test_notebook.py
 """
