@@ -1,7 +1,7 @@
 """torchrun integration: process-group set-up, rank helpers, the DDP wrapper and failure handling.
 
 Outside torchrun every helper degrades to a single process (rank 0 of 1), so the
-training loop has one code path. Design choices (README: "Scaling out with torchrun"):
+training loop has one code path. Design choices (docs/distributed.md):
 
 - The backend follows the device: NCCL for CUDA, gloo otherwise.
 - Batch norm is per rank: each rank normalizes with its own shard's statistics
