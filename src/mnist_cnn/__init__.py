@@ -8,6 +8,7 @@ loads neither torch nor anything else):
     model.predict("seven.jpg").digit
     run = mnist_cnn.train("fast", epochs=1, limit_train=5000, out="runs/try")
     mnist_cnn.evaluate(run.model).accuracy
+    mine = mnist_cnn.finetune(model, "~/.cache/mnist-cnn/samples.db")   # or a labelled folder
 
 Everything else is importable by module (`mnist_cnn.checkpoint`, `mnist_cnn.training`, ...).
 The stages' modules are named `training` and `evaluation`, so that `mnist_cnn.train` and
@@ -16,7 +17,7 @@ The stages' modules are named `training` and `evaluation`, so that `mnist_cnn.tr
 
 __version__ = "0.1.0"
 
-_API = ("load", "train", "evaluate", "Model", "Run", "Prediction", "NumberPrediction", "Metrics", "UserError")
+_API = ("load", "train", "evaluate", "finetune", "Model", "Run", "Prediction", "NumberPrediction", "Metrics", "UserError")
 __all__ = [*_API, "__version__"]
 
 
