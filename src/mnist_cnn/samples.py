@@ -20,12 +20,15 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-import torch
+import numpy as np
 from PIL import Image
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: a writer (and `samples stats`) need not wait for it
+    import torch
 
 DB_NAME = "samples.db"  # under data.default_data_dir(), unless told otherwise
 APPLICATION_ID = 0x4D4E5354  # "MNST" in the SQLite header: the file is a samples store, not another database
@@ -57,7 +60,7 @@ class StoreError(UserError, RuntimeError):
 class Sample:
     id: int
     label: int
-    mnist: torch.Tensor = field(repr=False)  # (28, 28) uint8
+    mnist: "torch.Tensor" = field(repr=False)  # (28, 28) uint8
     predicted: int | None
     probability: float | None
     source: str
@@ -87,16 +90,22 @@ def encode_original(img: Image.Image) -> bytes:
         side //= 2
 
 
-def mnist_png(x: torch.Tensor) -> bytes:
-    """A (28, 28) uint8 image as a PNG (white ink on black, as the network saw it)."""
+def _array(x) -> np.ndarray:
+    """A CPU tensor or an array as a numpy array (no copy for a CPU tensor)."""
+    return np.asarray(x.cpu() if hasattr(x, "cpu") else x)
+
+
+def mnist_png(x) -> bytes:
+    """A (28, 28) uint8 image (tensor or array) as a PNG (white ink on black, as the network saw it)."""
     buf = io.BytesIO()
-    Image.fromarray(x.cpu().numpy(), "L").save(buf, format="PNG")
+    Image.fromarray(np.ascontiguousarray(_array(x), dtype=np.uint8), "L").save(buf, format="PNG")
     return buf.getvalue()
 
 
-def digest(x: torch.Tensor, y: torch.Tensor) -> str:
+def digest(x, y) -> str:
     """SHA-256 of a set of labelled 28x28 digits, whatever their order: what a model was tuned on."""
-    rows = sorted(bytes([int(label)]) + img.numpy().tobytes() for img, label in zip(x.to(torch.uint8).cpu(), y))
+    x, y = _array(x).astype(np.uint8), _array(y)
+    rows = sorted(bytes([int(label)]) + img.tobytes() for img, label in zip(x, y))
     h = hashlib.sha256()
     for row in rows:
         h.update(row)
@@ -170,9 +179,10 @@ class Store:
 
     # ---------------------------------------------------------------- writing
 
-    def add(self, mnist: torch.Tensor, label: int, original: bytes, *, predicted: int | None = None,
+    def add(self, mnist, label: int, original: bytes, *, predicted: int | None = None,
             probability: float | None = None, source: str = "cli", name: str | None = None) -> tuple[int, bool]:
-        """Store one sample; (its id, False), or (the id it already has, True) for a digit stored with that label."""
+        """Store one sample (its 28x28 a uint8 tensor or array); (its id, False), or (the id it already has, True)
+        for a digit stored with that label already."""
         return self.add_many([dict(mnist=mnist, label=label, original=original, predicted=predicted,
                                    probability=probability, source=source, name=name)])[0]
 
@@ -219,6 +229,8 @@ class Store:
 
     def rows(self, originals: bool = False, ids: Iterable[int] | None = None) -> Iterator[Sample]:
         """Every sample (or those with these ids) in id order; read in one snapshot."""
+        import torch
+
         columns = "id, label, mnist, predicted, probability, source, name, created" + (", original" if originals else "")
         query, args = f"SELECT {columns} FROM samples ORDER BY id", ()
         if ids is not None:
@@ -230,8 +242,10 @@ class Store:
             mnist = torch.frombuffer(bytearray(r[2]), dtype=torch.uint8).reshape(SIDE, SIDE)
             yield Sample(r[0], r[1], mnist, r[3], r[4], r[5], r[6], r[7], r[8] if originals else None)
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(self) -> tuple["torch.Tensor", "torch.Tensor"]:
         """(uint8 images (N, 28, 28), int64 labels) of every sample."""
+        import torch
+
         found = list(self.rows())
         x = torch.stack([s.mnist for s in found]) if found else torch.empty(0, SIDE, SIDE, dtype=torch.uint8)
         return x, torch.tensor([s.label for s in found], dtype=torch.int64)
@@ -294,8 +308,8 @@ def _check_header(path: Path) -> None:
 
 def _row(mnist, label, original, predicted=None, probability=None, source="cli", name=None) -> tuple:
     """One sample's column values, checked (the table's CHECKs are the last line, not the message)."""
-    mnist = torch.as_tensor(mnist)
-    if mnist.dtype != torch.uint8 or tuple(mnist.shape) != (SIDE, SIDE):
+    mnist = _array(mnist)
+    if mnist.dtype != np.uint8 or mnist.shape != (SIDE, SIDE):
         raise UserError(f"a sample's image is uint8 (28, 28), not {mnist.dtype} {tuple(mnist.shape)}")
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
         raise UserError(f"a label is a digit from 0 to 9, not {label!r}")
@@ -304,7 +318,7 @@ def _row(mnist, label, original, predicted=None, probability=None, source="cli",
     if source not in SOURCES:
         raise UserError(f"a sample's source is one of {', '.join(SOURCES)}, not {source!r}")
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return (label, mnist.contiguous().numpy().tobytes(), bytes(original), None if predicted is None else int(predicted),
+    return (label, np.ascontiguousarray(mnist).tobytes(), bytes(original), None if predicted is None else int(predicted),
             None if probability is None else float(probability), source, name, created)
 
 
@@ -315,8 +329,8 @@ def _row(mnist, label, original, predicted=None, probability=None, source="cli",
 class Labelled:
     """A person's labelled digits, from a store or a folder: what `train --samples` and `finetune` learn from."""
 
-    x: torch.Tensor = field(repr=False)  # (N, 28, 28) uint8
-    y: torch.Tensor = field(repr=False)  # (N,) int64
+    x: "torch.Tensor" = field(repr=False)  # (N, 28, 28) uint8
+    y: "torch.Tensor" = field(repr=False)  # (N,) int64
     source: str
     failed: list = field(default_factory=list)  # (DIGIT/FILE, why) of a folder's unreadable images
 
@@ -326,7 +340,7 @@ class Labelled:
     def record(self) -> dict:
         """What a checkpoint says it learnt from: how many, their hash (order-free), per label, where from."""
         return {"count": len(self), "sha256": digest(self.x, self.y),
-                "per_label": torch.bincount(self.y, minlength=10).tolist(), "source": self.source}
+                "per_label": np.bincount(_array(self.y), minlength=10).tolist(), "source": self.source}
 
 
 def load(source: str | Path) -> Labelled:
