@@ -210,7 +210,7 @@ def train(recipe: str | TrainConfig | dict | None = None, *, out=None, resume: b
 
 def finetune(model=None, samples=None, *, out=None, data_dir=None, device="auto", progress: bool = False,
              eval_samples=None, **overrides) -> Run:
-    """Adapt a model to a person's labelled digits (`finetune.py`'s job, as `mnist-cnn finetune`): a Run.
+    """Adapt a model to a person's labelled digits (`finetuning.py`'s job, as `mnist-cnn finetune`): a Run.
 
     `model` is a Model or anything `load` takes (None: the shipped model); it is left as it was.
     `samples` is a samples.db, a labelled folder (DIR/<digit>/<name>.png), or MNIST-form images and
@@ -218,7 +218,8 @@ def finetune(model=None, samples=None, *, out=None, data_dir=None, device="auto"
     holdout=0.2, lr=0.01, ...). `eval_samples`, a pair (x, y) like `samples`, is measured before and
     after too ("extra" in the metrics). `out` defaults to runs/finetune-TIME. Prints nothing unless `progress`.
     """
-    from .finetune import FinetuneConfig, finetune_run  # the training stack, only when training
+    from .finetuning import finetune_run  # the training stack, only when training
+    from .recipes import FinetuneConfig
     from .samples import Labelled, load as load_samples
 
     if samples is None:

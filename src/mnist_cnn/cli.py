@@ -121,7 +121,7 @@ def cmd_finetune(args) -> int:
     import dataclasses
 
     from . import checkpoint
-    from .finetune import finetune_run
+    from .finetuning import finetune_run
     from .recipes import FinetuneConfig
     from .runs import new_run_dir, resolve
 

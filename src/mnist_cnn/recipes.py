@@ -212,7 +212,7 @@ class BestConfig(DefaultConfig):
 
 @dataclass
 class FinetuneConfig:
-    """How `mnist-cnn finetune` adapts a trained model to a person's digits (finetune.py); the CLI overrides
+    """How `mnist-cnn finetune` adapts a trained model to a person's digits (finetuning.py); the CLI overrides
     fields, and the fine-tuned checkpoint keeps them all."""
 
     recipe: str = "finetune"
