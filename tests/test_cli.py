@@ -43,7 +43,8 @@ def test_every_flag_has_help_and_shows_its_default():
     commands = cli_args.subcommands(parser)
     assert set(commands) == set(cli.COMMANDS)
     assert all(action.help for action in parser._actions)
-    nested = {f"{name} {action}": p for name, sub in commands.items() for action, p in cli_args.subcommands(sub).items()}
+    nested = {f"{name} {action}": p for name, sub in commands.items()
+              for action, p in cli_args.subcommands(sub).items()}
     assert set(nested) == {f"samples {action}" for action in cli.SAMPLES_ACTIONS}  # `mnist-cnn samples list` ...
     for name, parser in {**commands, **nested}.items():
         text = " ".join(parser.format_help().split())  # unwrapped
@@ -77,7 +78,8 @@ def test_help_and_usage_errors_do_not_import_torch():
         "import sys\n"
         "from mnist_cnn import cli\n"
         "for argv in [['--help'], ['--version'], ['predict', '--top-k', '3', 'x.png'], ['train', '--epochs', '0'],\n"
-        "             *[[name, '--help'] for name in cli.COMMANDS], *[['samples', a, '--help'] for a in cli.SAMPLES_ACTIONS]]:\n"
+        "             *[[name, '--help'] for name in cli.COMMANDS],\n"
+        "             *[['samples', a, '--help'] for a in cli.SAMPLES_ACTIONS]]:\n"
         "    try:\n"
         "        cli.main(argv)\n"
         "    except SystemExit:\n"

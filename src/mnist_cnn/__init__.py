@@ -17,7 +17,8 @@ The stages' modules are named `training`, `evaluation` and `finetuning`, so that
 
 __version__ = "0.1.0"
 
-_API = ("load", "train", "evaluate", "finetune", "Model", "Run", "Prediction", "NumberPrediction", "Metrics", "UserError")
+_API = ("load", "train", "evaluate", "finetune", "Model", "Run", "Prediction", "NumberPrediction", "Metrics",
+        "UserError")
 __all__ = [*_API, "__version__"]
 
 

@@ -187,7 +187,8 @@ def samples_list(args, store) -> int:
 
     print(text_table(["id", "label", "model said", "source", "created", "name"], [
         [str(r.id), str(r.label), "-" if r.predicted is None else f"{r.predicted} ({r.probability:.2f})"
-         + ("" if r.predicted == r.label else " wrong"), r.source, r.created, printable(r.name or "", sys.stdout.encoding)]
+         + ("" if r.predicted == r.label else " wrong"), r.source, r.created,
+         printable(r.name or "", sys.stdout.encoding)]
         for r in rows]) if rows else f"no samples in {store.path}")
     return 0
 
@@ -337,13 +338,16 @@ def cmd_serve(args) -> int:
     except ImportError as exc:
         raise SystemExit(f"error: serving needs {exc.name}: pip install 'mnist-cnn[serve]'") from None
     device = pick_device(args.device) if args.backend == "torch" else torch.device("cpu")
-    options = {"model": str(args.model) if args.model else None, "backend": args.backend, "device": str(device),
-               "threads": args.threads, "min_confidence": args.min_confidence}
+    from .runs import resolve
+
+    # "latest" is resolved once, here: every worker serves the same run, and the page names it.
+    options = {"model": str(resolve(args.model)) if args.model else None, "backend": args.backend,
+               "device": str(device), "threads": args.threads, "min_confidence": args.min_confidence}
     torch.set_num_threads(args.threads)  # the process's setting, so here at the edge (workers: serve.worker_app)
     predictor = serve.load_predictor(**options)  # here, so a bad model is a clear error before anything starts
     acc = predictor.meta.get("metrics", {}).get("test_accuracy")
     measured = f", test accuracy {acc:.2f}% {measured_forward(predictor.meta)}" if acc is not None else ""
-    print(f"model {args.model or checkpoint.default_model_path()} ({predictor.meta['arch']}, {args.backend}"
+    print(f"model {options['model'] or checkpoint.default_model_path()} ({predictor.meta['arch']}, {args.backend}"
           f"{measured}), {args.workers} worker(s)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}, reachable from other machines", flush=True)

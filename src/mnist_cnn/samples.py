@@ -231,7 +231,8 @@ class Store:
         """Every sample (or those with these ids) in id order; read in one snapshot."""
         import torch
 
-        columns = "id, label, mnist, predicted, probability, source, name, created" + (", original" if originals else "")
+        columns = "id, label, mnist, predicted, probability, source, name, created"
+        columns += ", original" if originals else ""
         query, args = f"SELECT {columns} FROM samples ORDER BY id", ()
         if ids is not None:
             args = tuple(int(i) for i in ids)
@@ -318,7 +319,8 @@ def _row(mnist, label, original, predicted=None, probability=None, source="cli",
     if source not in SOURCES:
         raise UserError(f"a sample's source is one of {', '.join(SOURCES)}, not {source!r}")
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return (label, np.ascontiguousarray(mnist).tobytes(), bytes(original), None if predicted is None else int(predicted),
+    return (label, np.ascontiguousarray(mnist).tobytes(), bytes(original),
+            None if predicted is None else int(predicted),
             None if probability is None else float(probability), source, name, created)
 
 
