@@ -132,7 +132,7 @@ def main() -> None:
     print(f"\nUCI digits (43 writers, none in MNIST), {len(y) - POOL} held out per split, seeds {args.seeds}; "
           f"mean (min-max). {cpu}, {args.threads} threads, torch {torch.__version__}, "
           f"{datetime.date.today().isoformat()}, {args.steps} steps\n")
-    print("| samples | UCI held-out before | after | MNIST test before | after | change | tuning | in all |")
+    print("| samples | UCI held-out before | after | MNIST test before | after | change (points) | tuning | whole job |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, rs in results.items():
         change = [r["mnist_after"] - r["mnist_before"] for r in rs]
