@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mnist_cnn
-from mnist_cnn import checkpoint, runs, samples
+from mnist_cnn import checkpoint, imagefolder, runs, samples
 from mnist_cnn.cli import main
 from mnist_cnn.finetuning import stratified_split
 from mnist_cnn.pipeline import with_samples
@@ -76,7 +76,7 @@ def test_finetune_cli_prints_before_and_after(tiny_data, tmp_path, capsys):
 
 def test_samples_are_weighted_into_the_training_set(tiny_data, tmp_path):
     mnist, (x, y) = tiny_mnist(), person()
-    found = samples.Labelled(x, y, "arrays")
+    found = imagefolder.Labelled(x, y, "arrays")
     mixed, repeats = with_samples(mnist, found, 0.2)
     assert repeats == round(0.2 * 640 / (0.8 * 40)) == 4
     assert len(mixed.train_y) == 640 + 4 * 40 and torch.equal(mixed.train_x[-40:], x)

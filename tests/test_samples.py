@@ -236,7 +236,7 @@ def test_another_sqlite_database_is_not_taken_over(tmp_path):
 
 def test_a_missing_store_is_not_created_when_reading(tmp_path):
     with pytest.raises(StoreError, match="no samples store"):
-        samples.load(tmp_path / "none.db")
+        imagefolder.load_labelled(tmp_path / "none.db")
     assert not (tmp_path / "none.db").exists()
 
 
@@ -281,11 +281,11 @@ def test_import_reports_what_it_could_not_read_and_export_round_trips(folder, tm
 
 
 def test_load_reads_a_folder_or_a_store(folder, tmp_path):
-    found = samples.load(folder)
+    found = imagefolder.load_labelled(folder)
     assert len(found) == 9 and sorted(found.y.tolist()) == [0] * 3 + [1] * 3 + [7] * 3 and len(found.failed) == 3
     with Store(tmp_path / "s.db") as store:
         imagefolder.import_folder(store, folder)
-    stored = samples.load(tmp_path / "s.db")
+    stored = imagefolder.load_labelled(tmp_path / "s.db")
     assert stored.record()["sha256"] == found.record()["sha256"] and stored.record()["count"] == 9
     with pytest.raises(UserError, match="no such folder"):
         imagefolder.scan(tmp_path / "nowhere")

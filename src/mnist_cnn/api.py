@@ -220,14 +220,14 @@ def finetune(model=None, samples=None, *, out=None, data_dir=None, device="auto"
     """
     from .finetuning import finetune_run  # the training stack, only when training
     from .recipes import FinetuneConfig
-    from .samples import Labelled, load as load_samples
+    from .imagefolder import Labelled, load_labelled
 
     if samples is None:
         raise InputError("finetune needs samples: a samples.db, a labelled folder, or a pair (x, y)")
     if isinstance(samples, (tuple, list)):
         samples = Labelled(*_labelled_pair(samples, "samples"), source="arrays")
     elif not isinstance(samples, Labelled):
-        samples = load_samples(samples)
+        samples = load_labelled(samples)
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     if set(overrides) - fields:
         raise ConfigError(f"unknown finetune field(s): {', '.join(sorted(set(overrides) - fields))}")

@@ -105,10 +105,10 @@ def run_training(args) -> int:
 
 
 def load_samples(source: Path):
-    """A person's labelled digits (samples.load), saying what a folder held that could not be read."""
-    from .samples import load
+    """A person's labelled digits (a store or a folder), saying what a folder held that could not be read."""
+    from .imagefolder import load_labelled
 
-    samples = load(source)
+    samples = load_labelled(source)
     for name, why in samples.failed:
         print(f"{source}/{name}: skipped: {why}", file=sys.stderr)
     return samples

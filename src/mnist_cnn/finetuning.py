@@ -35,7 +35,8 @@ from .evaluation import evaluate, fit_temperature, forward_label, predict_logits
 from .files import write_json
 from .pipeline import caller_rng
 from .recipes import FinetuneConfig
-from .samples import Labelled, digest
+from .imagefolder import Labelled
+from .samples import digest
 
 
 def stratified_split(y: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

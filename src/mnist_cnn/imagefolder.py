@@ -4,7 +4,8 @@
 MNIST's form by the one preprocessing (`preprocess.to_mnist`), as `mnist-cnn predict` would; the
 ones that cannot be read, or hold no ink, are reported, never guessed at. `import_folder` adds a
 folder to the samples store, `export_folder` writes the store out again (originals, 28x28s, or both),
-and `read_folder` reads a folder's digits into memory for `train --samples` and `finetune`.
+and `load_labelled` reads a folder's (or a store's) digits into memory for `train --samples` and
+`finetune`.
 
     mnist-cnn samples import my-digits/ && mnist-cnn samples export /tmp/out --images both
 """
@@ -20,7 +21,7 @@ import torch
 from . import preprocess
 from .errors import UserError
 from .files import atomic_write
-from .samples import Store, encode_original, mnist_png
+from .samples import Store, digest, encode_original, mnist_png
 
 CLASSES = tuple(str(d) for d in range(10))  # the folder names, in ImageFolder's (sorted) order
 # torchvision's IMG_EXTENSIONS: what ImageFolder would read
@@ -121,3 +122,37 @@ def export_folder(store: Store, folder: Path, images: str = "original") -> dict[
             atomic_write(where / str(sample.label) / f"{sample.id}.png", raw)
             written[kind] += 1
     return written
+
+
+@dataclass
+class Labelled:
+    """A person's labelled digits, from a store or a folder (`load_labelled`): what `train --samples` and
+    `finetune` learn from."""
+
+    x: torch.Tensor = field(repr=False)  # (N, 28, 28) uint8
+    y: torch.Tensor = field(repr=False)  # (N,) int64
+    source: str
+    failed: list = field(default_factory=list)  # (DIGIT/FILE, why) of a folder's unreadable images
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def record(self) -> dict:
+        """What a checkpoint says it learnt from: how many, their hash (order-free), per label, where from."""
+        return {"count": len(self), "sha256": digest(self.x, self.y),
+                "per_label": torch.bincount(self.y, minlength=10).tolist(), "source": self.source}
+
+
+def load_labelled(source: str | Path) -> Labelled:
+    """A person's labelled digits from a samples.db or a labelled folder (through the preprocessing)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        found = read_folder(path)
+        labelled = Labelled(found.x, found.y, str(path), found.failed)
+    else:
+        with Store(path, create=False) as store:
+            labelled = Labelled(*store.tensors(), str(path))
+    if not len(labelled):
+        raise UserError(f"{path}: no labelled digits to learn from"
+                        + (f" ({len(labelled.failed)} images could not be read)" if labelled.failed else ""))
+    return labelled
