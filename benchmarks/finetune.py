@@ -132,14 +132,16 @@ def main() -> None:
     print(f"\nUCI digits (43 writers, none in MNIST), {len(y) - POOL} held out per split, seeds {args.seeds}; "
           f"mean (min-max). {cpu}, {args.threads} threads, torch {torch.__version__}, "
           f"{datetime.date.today().isoformat()}, {args.steps} steps\n")
-    print("| samples | UCI held-out before | after | MNIST test before | after | change (points) | tuning | whole job |")
+    print("| samples | UCI held-out before | after | MNIST test before | after | change (points) | tuning "
+          "| whole job |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, rs in results.items():
         change = [r["mnist_after"] - r["mnist_before"] for r in rs]
         print(f"| {n} | {spread([r['before'] for r in rs], unit='%')} | {spread([r['after'] for r in rs], unit='%')} "
               f"| {spread([r['mnist_before'] for r in rs], unit='%')} "
               f"| {spread([r['mnist_after'] for r in rs], unit='%')} | {spread(change, '{:+.2f}')} "
-              f"| {spread([r['tune_s'] for r in rs], '{:.0f}', ' s')} | {spread([r['wall_s'] for r in rs], '{:.0f}', ' s')} |")
+              f"| {spread([r['tune_s'] for r in rs], '{:.0f}', ' s')} "
+              f"| {spread([r['wall_s'] for r in rs], '{:.0f}', ' s')} |")
     if writer:
         print(f"\nOne writer: {Path(args.font).name}, {writer['n']} samples to tune, {writer['held']} others "
               "held out\n")

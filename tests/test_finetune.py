@@ -134,5 +134,5 @@ def test_finetuning_on_100_uci_digits_reads_the_other_writers_better(mnist_dir, 
                              eval_samples=(x[rest], y[rest]))
     before, after = run.metrics["before"], run.metrics["after"]
     assert len(tune) == 100 and before["held_out"] is None
-    assert after["extra"] >= before["extra"] + 1.0, (before, after)  # measured: 96.9% -> 98.9%
+    assert after["extra"] >= before["extra"] + 1.0, (before, after)  # the benchmark: 97.0% -> 99.25% at 100
     assert after["mnist_test"] >= before["mnist_test"] - 0.15, (before, after)

@@ -33,13 +33,14 @@ from .augment import apply_augmentation, draw_augmentation, to_float
 from .errors import UserError
 from .evaluation import evaluate, fit_temperature, forward_label, predict_logits, uses_tta
 from .files import write_json
+from .imagefolder import Labelled
 from .pipeline import caller_rng
 from .recipes import FinetuneConfig
-from .imagefolder import Labelled
 from .samples import digest
 
 
-def stratified_split(y: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(y: torch.Tensor, fraction: float,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held out) indices: `fraction` of each label held out, at least one of any label that has two."""
     kept, held = [], []
     for label in range(10):

@@ -278,15 +278,17 @@ async function saveSample(label, button) {
   form.append("file", image.blob, image.name);
   form.append("label", label);
   try {
-    const res = await fetch("/api/samples", { method: "POST", body: form, headers: TOKEN ? { "X-Collect-Token": TOKEN } : {} });
+    const headers = TOKEN ? { "X-Collect-Token": TOKEN } : {};
+    const res = await fetch("/api/samples", { method: "POST", body: form, headers });
     const body = await res.json().catch(() => ({ detail: `HTTP ${res.status}` }));
     if (!res.ok) throw new Error(typeof body.detail === "string" ? body.detail : `HTTP ${res.status}`);
     if (shown !== image) return;  // the drawing changed meanwhile: this status is no longer about it
-    document.querySelectorAll(".digit-buttons button").forEach((b) => b.setAttribute("aria-pressed", String(b === button)));
+    document.querySelectorAll(".digit-buttons button").forEach((b) => {
+      b.setAttribute("aria-pressed", String(b === button));
+    });
     const count = `The store holds ${body.count} sample${body.count === 1 ? "" : "s"}.`;
     status.textContent = body.duplicate ? `Already saved as sample #${body.id} (a ${body.label}). ${count}`
       : `Saved as sample #${body.id}: a ${body.label}. ${count}`;
-    status.dataset.sample = body.id;
   } catch (err) {
     if (shown !== image) return;
     status.classList.add("bad");
