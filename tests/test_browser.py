@@ -1,6 +1,7 @@
 """The draw-a-digit page in a real browser: headless Chromium draws digits with the mouse against the real server.
 
-Screenshots go to test-artifacts/ (serve-page.png, serve-page-multi.png, serve-page-phone.png, serve-docs.png).
+Screenshots go to test-artifacts/ (serve-page.png, serve-page-multi.png, serve-page-phone.png, serve-docs.png,
+serve-page-correction.png).
 """
 
 from __future__ import annotations
@@ -41,10 +42,24 @@ def predictor():
 @pytest.fixture(scope="module")
 def server(predictor):
     """The real app on uvicorn, on a free loopback port, in a background thread."""
+    yield from run_server(serve.create_app(predictor))
+
+
+@pytest.fixture(scope="module")
+def collecting_server(predictor, tmp_path_factory):
+    """The real app, keeping corrections in a fresh samples.db (its path is the fixture's second value)."""
+    from mnist_cnn.collect import Collect
+
+    path = tmp_path_factory.mktemp("samples") / "samples.db"
+    for url in run_server(serve.create_app(predictor, collect=Collect(path))):
+        yield url, path
+
+
+def run_server(app):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(serve.create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -193,6 +208,42 @@ def test_multi_digit_mode(page):
     assert answer(page) == "170"
     assert page.locator("#digits li").count() == 3
     page.screenshot(path=str(ARTIFACTS / "serve-page-multi.png"), full_page=True)
+
+
+def test_a_correction_is_saved_from_the_page(browser, collecting_server, server):
+    """"Wrong? It was a 7": the drawing and its label land in the store, and the page says so."""
+    from mnist_cnn.samples import Store
+
+    url, path = collecting_server
+    context = browser.new_context(viewport={"width": 1000, "height": 800})
+    pg = context.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(url + "/")
+    pg.locator("#model-info", has_text="Model:").wait_for()
+    assert not pg.locator("#correct-box").is_visible()  # nothing on screen to correct yet
+    assert draw(pg, ONE) == "1"
+    assert pg.locator("#correct-box").is_visible()
+    pg.click('.digit-buttons button[data-label="7"]')
+    status = pg.locator("#correct-status", has_text="Saved as sample")
+    status.wait_for(timeout=15_000)
+    assert status.text_content() == "Saved as sample #1: a 7. The store holds 1 sample."
+    assert pg.locator('.digit-buttons button[data-label="7"]').get_attribute("aria-pressed") == "true"
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / "serve-page-correction.png"), full_page=True)
+    with Store(path) as store:
+        [sample] = store.rows()
+    assert sample.label == 7 and sample.source == "page" and sample.predicted == 1
+    pg.click("#clear")
+    assert answer(pg) == "–" and not pg.locator("#correct-box").is_visible()
+    context.close()
+    assert not errors, errors
+    plain = browser.new_page()  # a server that does not collect shows no correction buttons
+    plain.goto(server + "/")
+    plain.locator("#model-info", has_text="Model:").wait_for()
+    draw(plain, ONE)
+    assert not plain.locator("#correct-box").is_visible()
+    plain.close()
 
 
 def test_phone_layout(browser, server):

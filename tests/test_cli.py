@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import shlex
 import subprocess
 import sys
@@ -42,7 +43,10 @@ def test_every_flag_has_help_and_shows_its_default():
     commands = cli_args.subcommands(parser)
     assert set(commands) == set(cli.COMMANDS)
     assert all(action.help for action in parser._actions)
-    for name, parser in commands.items():
+    nested = {f"{name} {action}": p for name, sub in commands.items()
+              for action, p in cli_args.subcommands(sub).items()}
+    assert set(nested) == {f"samples {action}" for action in cli.SAMPLES_ACTIONS}  # `mnist-cnn samples list` ...
+    for name, parser in {**commands, **nested}.items():
         text = " ".join(parser.format_help().split())  # unwrapped
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
@@ -56,12 +60,14 @@ def test_every_flag_has_help_and_shows_its_default():
 def test_defaults_spelled_in_help_are_their_owners():
     """Defaults owned by modules that import torch are written out in cli_args, so --help stays cheap: here they
     are checked against their owners."""
-    from mnist_cnn import distributed, export, runs
+    from mnist_cnn import distributed, export, imagefolder, runs, samples
 
     train = " ".join(cli_args.subcommands(cli.build_parser())["train"].format_help().split())
     assert f"(default: {distributed.DEFAULT_TIMEOUT_S:g})" in train
     assert cli_args.CALIBRATION_HELP == str(export.CALIBRATION_IMAGES)
     assert cli_args.SORT_CHOICES == list(runs.SORT_KEYS)
+    assert cli_args.EXPORT_IMAGES == list(imagefolder.IMAGES)
+    assert cli_args.SAMPLES_DB_HELP.endswith(samples.DB_NAME)
     for arch in cli_args.ARCHS:  # convert's --arch: a recipe of that name trains that network
         assert RECIPES[arch]().model == arch
 
@@ -72,7 +78,8 @@ def test_help_and_usage_errors_do_not_import_torch():
         "import sys\n"
         "from mnist_cnn import cli\n"
         "for argv in [['--help'], ['--version'], ['predict', '--top-k', '3', 'x.png'], ['train', '--epochs', '0'],\n"
-        "             *[[name, '--help'] for name in cli.COMMANDS]]:\n"
+        "             *[[name, '--help'] for name in cli.COMMANDS],\n"
+        "             *[['samples', a, '--help'] for a in cli.SAMPLES_ACTIONS]]:\n"
         "    try:\n"
         "        cli.main(argv)\n"
         "    except SystemExit:\n"
@@ -195,3 +202,40 @@ def test_main_sh_ends_with_commands_that_use_the_new_model(tmp_path):
     for argv in suggested:
         args = cli.build_parser().parse_args(argv)
         assert str(args.model) == "latest"
+
+
+def test_samples_commands_import_list_export_delete_stats(tmp_path, capsys):
+    """`mnist-cnn samples ...` on a folder of drawings; the model's answers are recorded on import."""
+    from PIL import Image, ImageDraw
+
+    folder, db = tmp_path / "mine", str(tmp_path / "s.db")
+    for label, width in (("1", 14), ("1", 22), ("7", 16)):
+        img = Image.new("L", (160, 160), 255)
+        draw = ImageDraw.Draw(img)
+        draw.line([(80, 20), (80 + width - 14, 140)] if label == "1" else [(35, 25), (125, 25), (70, 140)],
+                  fill=0, width=width)
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        img.save(folder / label / f"w{width}.png")
+    (folder / "7" / "broken.png").write_bytes(b"not a png")
+    assert cli.main(["samples", "import", str(folder), "--db", db]) == 1  # one file could not be read
+    out, err = capsys.readouterr()
+    assert "imported 3 samples" in out and "holds 3" in out
+    assert err.strip() == f"{folder}/7/broken.png: not imported: not an image (or not in a format Pillow can read)"
+    assert cli.main(["samples", "list", "--db", db, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["id"], r["label"], r["source"]) for r in rows] == [(1, 1, "import"), (2, 1, "import"), (3, 7, "import")]
+    assert all(r["predicted"] in range(10) and 0 < r["probability"] <= 1 for r in rows)
+    assert cli.main(["samples", "stats", "--db", db]) == 0
+    assert "3 samples" in capsys.readouterr().out
+    assert cli.main(["samples", "export", str(tmp_path / "out"), "--db", db, "--images", "28x28"]) == 0
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == [
+        "1/1.png", "1/2.png", "7/3.png"]
+    assert cli.main(["samples", "delete", "2", "9", "--db", db]) == 1
+    out, err = capsys.readouterr()
+    assert "deleted 1 sample(s)" in out and "holds 2" in out and "no such sample: 9" in err
+    (tmp_path / "bad.db").write_bytes(b"garbage" * 20)
+    assert cli.main(["samples", "list", "--db", str(tmp_path / "bad.db")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "damaged" in err and err.count("\n") == 1
+    assert cli.main(["samples", "stats", "--db", str(tmp_path / "none.db")]) == 1  # reading never creates one
+    assert not (tmp_path / "none.db").exists()

@@ -585,3 +585,150 @@ def test_onnx_backend_refuses_a_model_that_cannot_work(predictor, tmp_path, monk
     export.write_with_contract(raw, tmp_path / "std0.onnx", {**predictor.meta, "std": 0.0})
     assert main(["serve", "--backend", "onnx", "--model", str(tmp_path / "std0.onnx")]) == 1
     assert "std must be in" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- samples (--collect)
+
+
+def drawn_png(width: int = 18) -> bytes:
+    """A drawn "1" on white paper (no MNIST needed)."""
+    from PIL import ImageDraw
+
+    img = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(img).line([(100, 30), (100 + width - 18, 170)], fill=0, width=width)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def collecting(predictor, tmp_path):
+    """A client of a server that keeps samples in tmp_path/samples.db, and a way to read that store."""
+    from mnist_cnn.collect import Collect
+    from mnist_cnn.samples import Store
+
+    path = tmp_path / "samples.db"
+    limits = serve.Limits(max_body_bytes=200_000, max_pixels=1_000_000)
+    def rows():
+        with Store(path) as store:
+            return list(store.rows(originals=True))
+
+    with TestClient(serve.create_app(predictor, limits=limits, collect=Collect(path))) as c:
+        yield c, rows
+
+
+def test_samples_are_kept_only_when_collecting(client, tmp_path):
+    raw = drawn_png()
+    r = client.post("/api/samples?label=1", content=raw, headers={"content-type": "image/png"})
+    assert r.status_code == 404 and "--collect" in r.json()["detail"]
+    assert client.delete("/api/samples/1").status_code == 404
+    assert client.get("/api/model").json()["collect"] == {"enabled": False, "token_required": False}
+    assert "/api/samples" in client.get("/openapi.json").json()["paths"]
+
+
+def test_a_correction_is_kept_with_its_image_and_the_models_answer(collecting, predictor):
+    c, rows = collecting
+    raw = drawn_png()
+    r = c.post("/api/samples", files={"file": ("mine.png", raw, "image/png")}, data={"label": "7"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["label"] == 7 and body["count"] == 1 and not body["duplicate"]
+    expect = predictor.predict_image(preprocess.decode(raw))  # the oracle: the predict path
+    assert body["prediction"]["topk"][0]["digit"] == expect.topk[0][0]
+    [sample] = rows()
+    assert sample.id == body["id"] and sample.label == 7 and sample.source == "page"
+    assert torch.equal(sample.mnist, expect.processed)
+    assert sample.predicted == expect.topk[0][0] and sample.probability == pytest.approx(expect.probability)
+    kept = Image.open(io.BytesIO(sample.original))
+    assert kept.format == "PNG" and kept.size == (200, 200)
+    # The same body again: the same sample. The label as a query parameter, a JSON key, with raw bytes, pixels.
+    again = c.post("/api/samples?label=7", content=raw, headers={"content-type": "image/png"}).json()
+    assert again["id"] == body["id"] and again["duplicate"] and again["count"] == 1
+    assert c.post("/api/samples?label=1", content=raw, headers={"content-type": "image/png"}).json()["count"] == 2
+    assert c.post("/api/samples", json={"image": data_url(drawn_png(24)), "label": 1}).json()["count"] == 3
+    pixels = c.post("/api/samples", json={"pixels": expect.processed.tolist(), "label": "4"}).json()
+    assert pixels["count"] == 4 and torch.equal(rows()[-1].mnist, expect.processed)
+
+
+@pytest.mark.parametrize("label", ["10", "-1", "x", "3.5", "", "07"])
+def test_bad_labels_bodies_and_sizes_get_4xx_and_keep_nothing(collecting, label):
+    c, rows = collecting
+    raw = drawn_png()
+    r = c.post(f"/api/samples?label={label}", content=raw, headers={"content-type": "image/png"})
+    assert r.status_code == 422 and "label" in r.json()["detail"]
+    for response, code in [
+            (c.post("/api/samples", content=raw, headers={"content-type": "image/png"}), 422),  # no label
+            (c.post("/api/samples?label=2", files={"file": ("a.png", raw)}, data={"label": "3"}), 422),  # two
+            (c.post("/api/samples", json={"image": data_url(raw), "label": 12}), 422),
+            (c.post("/api/samples?label=2", content=b"not an image", headers={"content-type": "image/png"}), 422),
+            (c.post("/api/samples?label=2", content=b"\0" * 300_000, headers={"content-type": "image/png"}), 413),
+            (c.post("/api/samples?label=2", content=png_header(2000, 2000), headers={"content-type": "image/png"}),
+             413),
+            (c.post("/api/samples?label=2", content=paper_png(torch.zeros(28, 28, dtype=torch.uint8)),
+                    headers={"content-type": "image/png"}), 422),  # no ink: nothing to learn from
+            (c.post("/api/samples?label=2", content=raw, headers={"content-type": "text/plain"}), 415)]:
+        assert response.status_code == code, (response.status_code, response.text)
+    assert rows() == []
+
+
+def test_delete_removes_a_sample_by_id(collecting):
+    c, rows = collecting
+    first = c.post("/api/samples?label=1", content=drawn_png(), headers={"content-type": "image/png"}).json()
+    c.post("/api/samples?label=1", content=drawn_png(26), headers={"content-type": "image/png"})
+    r = c.delete(f"/api/samples/{first['id']}")
+    assert r.status_code == 200 and r.json() == {"deleted": first["id"], "count": 1}
+    assert c.delete(f"/api/samples/{first['id']}").status_code == 404
+    assert c.delete("/api/samples/abc").status_code == 422
+    assert [s.id for s in rows()] == [first["id"] + 1]
+    r = c.post("/api/samples?label=1", content=drawn_png(), headers={"content-type": "image/png",
+                                                                     "origin": "http://evil.example"})
+    assert r.status_code == 403 and len(rows()) == 1  # another site cannot post corrections through a browser
+
+
+def test_a_token_is_needed_when_the_server_has_one(predictor, tmp_path):
+    from mnist_cnn.collect import Collect
+    from mnist_cnn.samples import Store
+
+    path = tmp_path / "samples.db"
+    raw = drawn_png()
+    with TestClient(serve.create_app(predictor, collect=Collect(path, token="s3cret-token"))) as c:
+        assert c.get("/api/model").json()["collect"] == {"enabled": True, "token_required": True}
+        for headers in ({}, {"x-collect-token": "wrong"}, {"authorization": "Bearer wrong"},
+                        {"x-collect-token": ""}):
+            r = c.post("/api/samples?label=1", content=raw, headers={"content-type": "image/png", **headers})
+            assert r.status_code == 403 and "token" in r.json()["detail"], headers
+        r = c.post("/api/samples?label=1&token=s3cret-token", content=raw, headers={"content-type": "image/png"})
+        assert r.status_code == 403  # not in the URL, where access logs would keep it
+        ok = c.post("/api/samples?label=1", content=raw, headers={"content-type": "image/png",
+                                                                   "x-collect-token": "s3cret-token"})
+        assert ok.status_code == 200
+        sample = ok.json()["id"]
+        assert c.delete(f"/api/samples/{sample}").status_code == 403
+        assert c.delete(f"/api/samples/{sample}", headers={"authorization": "Bearer s3cret-token"}).status_code == 200
+    with Store(path) as store:
+        assert store.count() == 0
+
+
+def test_cli_serve_collect_needs_a_token_off_loopback(tmp_path, capsys, monkeypatch):
+    from mnist_cnn import collect
+
+    calls = []
+    monkeypatch.setattr(serve, "run", lambda *a, **kw: calls.append(kw))
+    monkeypatch.delenv("MNIST_CNN_COLLECT_TOKEN", raising=False)
+    db = str(tmp_path / "s.db")
+    assert main(["serve"]) == 0 and calls[-1]["collect"] is None  # nothing is kept unless asked
+    assert main(["serve", "--collect", "--samples-db", db]) == 0
+    assert calls[-1]["collect"].token is None and str(calls[-1]["collect"].path) == db  # loopback: no token
+    assert main(["serve", "--collect", "--samples-db", db, "--host", "0.0.0.0"]) == 0
+    token = calls[-1]["collect"].token
+    assert token and len(token) >= 20 and f"/?token={token}" in capsys.readouterr().out  # drawn, and printed
+    assert main(["serve", "--collect", "--samples-db", db, "--host", "192.168.1.5", "--collect-token", "t0k"]) == 0
+    assert calls[-1]["collect"].token == "t0k"
+    monkeypatch.setenv("MNIST_CNN_COLLECT_TOKEN", "from-env")
+    assert main(["serve", "--collect", "--samples-db", db, "--host", "::"]) == 0
+    assert calls[-1]["collect"].token == "from-env"
+    assert [collect.is_loopback(h) for h in ("127.0.0.1", "127.0.1.1", "::1", "localhost", "0.0.0.0", "::",
+                                             "10.0.0.1", "example.org")] == [True] * 4 + [False] * 4
+    (tmp_path / "bad.db").write_bytes(b"x" * 100)
+    assert main(["serve", "--collect", "--samples-db", str(tmp_path / "bad.db")]) == 1  # before listening
+    assert "damaged" in capsys.readouterr().err and len(calls) == 5

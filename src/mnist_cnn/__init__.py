@@ -8,15 +8,17 @@ loads neither torch nor anything else):
     model.predict("seven.jpg").digit
     run = mnist_cnn.train("fast", epochs=1, limit_train=5000, out="runs/try")
     mnist_cnn.evaluate(run.model).accuracy
+    mine = mnist_cnn.finetune(model, "~/.cache/mnist-cnn/samples.db")   # or a labelled folder
 
 Everything else is importable by module (`mnist_cnn.checkpoint`, `mnist_cnn.training`, ...).
-The stages' modules are named `training` and `evaluation`, so that `mnist_cnn.train` and
-`mnist_cnn.evaluate` are always these functions, whatever has been imported.
+The stages' modules are named `training`, `evaluation` and `finetuning`, so that `mnist_cnn.train`,
+`mnist_cnn.evaluate` and `mnist_cnn.finetune` are always these functions, whatever has been imported.
 """
 
 __version__ = "0.1.0"
 
-_API = ("load", "train", "evaluate", "Model", "Run", "Prediction", "NumberPrediction", "Metrics", "UserError")
+_API = ("load", "train", "evaluate", "finetune", "Model", "Run", "Prediction", "NumberPrediction", "Metrics",
+        "UserError")
 __all__ = [*_API, "__version__"]
 
 

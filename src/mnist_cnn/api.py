@@ -9,6 +9,7 @@ print nothing; training shows progress only when asked (`progress=True`).
     model.predict("seven.jpg").digit          # paths, bytes, PIL images, arrays, tensors, or lists of them
     run = mnist_cnn.train("fast", epochs=1, limit_train=5000, out="runs/try")
     mnist_cnn.evaluate(run.model).accuracy
+    mine = mnist_cnn.finetune(None, "my-digits/", out="runs/mine")   # a labelled folder, or a samples.db
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from .inputs import as_pixels, to_image
 from .predict import MIN_CONFIDENCE, NumberPrediction, Prediction, Predictor
 from .recipes import TrainConfig, config_from_dict, get_config
 
-__all__ = ["Metrics", "Model", "NumberPrediction", "Prediction", "Run", "UserError", "evaluate", "load", "train"]
+__all__ = ["Metrics", "Model", "NumberPrediction", "Prediction", "Run", "UserError", "evaluate", "finetune", "load",
+           "train"]
 
 
 class Model:
@@ -179,7 +181,7 @@ class Run:
     """A finished training run: its folder, resolved config, metrics, history, and its model, loaded."""
 
     path: Path
-    config: TrainConfig
+    config: TrainConfig  # a FinetuneConfig for a fine-tuning run
     metrics: RunMetrics
     history: dict
     model: Model
@@ -212,6 +214,66 @@ def train(recipe: str | TrainConfig | dict | None = None, *, out=None, resume: b
     metrics = train_run(cfg, run_dir, device, data_dir, resume=resume, progress=progress)
     return Run(run_dir, cfg, RunMetrics(metrics), read_json(run_dir / checkpoint.HISTORY_NAME, {}),
                load(run_dir, device=device))
+
+
+def finetune(model=None, samples=None, *, out=None, data_dir=None, device="auto", progress: bool = False,
+             eval_samples=None, **overrides) -> Run:
+    """Adapt a model to a person's labelled digits (`finetuning.py`'s job, as `mnist-cnn finetune`): a Run.
+
+    `model` is a Model or anything `load` takes (None: the shipped model); it is left as it was.
+    `samples` is a samples.db, a labelled folder (DIR/<digit>/<name>.png), or MNIST-form images and
+    their labels as a pair (x (N, 28, 28), y (N,)). `overrides` are FinetuneConfig fields (steps=300,
+    holdout=0.2, lr=0.01, ...). `eval_samples`, a pair (x, y) like `samples`, is measured before and
+    after too ("extra" in the metrics). `out` defaults to runs/finetune-TIME. Prints nothing unless `progress`.
+    """
+    from .finetuning import finetune_run  # the training stack, only when training
+    from .recipes import FinetuneConfig
+    from .imagefolder import Labelled, load_labelled
+
+    if samples is None:
+        raise InputError("finetune needs samples: a samples.db, a labelled folder, or a pair (x, y)")
+    if isinstance(samples, (tuple, list)):
+        samples = Labelled(*_labelled_pair(samples, "samples"), source="arrays")
+    elif not isinstance(samples, Labelled):
+        samples = load_labelled(samples)
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    if set(overrides) - fields:
+        raise ConfigError(f"unknown finetune field(s): {', '.join(sorted(set(overrides) - fields))}")
+    cfg = FinetuneConfig(**overrides)
+    base = model if isinstance(model, Model) else load(model)
+    if not isinstance(base.net, torch.nn.Module):
+        raise UserError(f"{base.source}: fine-tuning needs a torch checkpoint, not an ONNX model")
+    device = distributed.pick_device(str(device))
+    run_dir = Path(out) if out is not None else runs.new_run_dir(cfg.recipe)
+    extra = _labelled_pair(eval_samples, "eval_samples") if eval_samples is not None else None
+    on_step = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="fine-tuning", unit="step")
+        on_step = lambda row: bar.update(1)  # noqa: E731
+    try:
+        metrics = finetune_run((base.net, base.meta), samples, cfg, run_dir, device, data_dir,
+                               base_name=base.source, eval_samples=extra, on_step=on_step)
+    finally:
+        if progress:
+            bar.close()
+    return Run(run_dir, cfg, RunMetrics(metrics), read_json(run_dir / checkpoint.HISTORY_NAME, {}),
+               load(run_dir, device=device))
+
+
+def _labelled_pair(pair, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 (N, 28, 28), int64 (N,)) from a pair of MNIST-form images and labels 0..9."""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise InputError(f"{what} as arrays is a pair (x (N, 28, 28), y (N,))")
+    x = as_pixels(pair[0], f"{what} image batch")
+    y = torch.as_tensor(pair[1]).long().flatten()
+    if x.dim() != 3 or tuple(x.shape[1:]) != (28, 28) or len(x) != len(y) or not len(y):
+        raise InputError(f"{what}: x is MNIST-form images (N, 28, 28) and y their N labels; got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if y.min() < 0 or y.max() > 9:
+        raise InputError(f"{what}: labels are digits 0 to 9")
+    return x, y
 
 
 def _config(recipe, overrides: dict) -> TrainConfig:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .convert import ARCHS
-from .recipes import RECIPES
+from .recipes import RECIPES, FinetuneConfig, TrainConfig
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 # Defaults whose owners import torch: spelled out in help text only, and checked against
@@ -25,6 +25,9 @@ DEVICES = ["auto", "cpu", "cuda", "mps"]
 DIST_TIMEOUT_HELP = "600"  # distributed.DEFAULT_TIMEOUT_S
 CALIBRATION_HELP = "2000"  # export.CALIBRATION_IMAGES
 SORT_CHOICES = ["acc", "val", "time", "epochs", "date", "recipe", "path"]  # runs.SORT_KEYS
+SAMPLES_DB_HELP = "$MNIST_CNN_DATA or ~/.cache/mnist-cnn, then samples.db"  # samples.default_path()
+EXPORT_IMAGES = ["original", "28x28", "both"]  # imagefolder.IMAGES
+SAMPLES_HELP = "your labelled digits: a samples.db, or a folder DIR/<digit>/<name>.png (torchvision's ImageFolder)"
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -107,6 +110,28 @@ def probability(text: str) -> float:
 probability.__name__ = "number"
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (or 1 itself)."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1, not {text}")
+    return value
+
+
+fraction.__name__ = "number"
+
+
+def holdout(text: str) -> float:
+    """An argparse type: a share from 0 up to (not including) 1."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 up to 1 (not 1), not {text}")
+    return value
+
+
+holdout.__name__ = "number"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mnist-cnn", description="Handwritten-digit recognition with CNNs.",
                     formatter_class=HelpFormatter)
@@ -150,6 +175,55 @@ def build_parser() -> argparse.ArgumentParser:
                    "(needs the tensorboard extra)")
     p.add_argument("--dist-timeout", type=positive, metavar="SECONDS", help="torchrun: how long a rank waits "
                    f"for the others before the job fails (default: {DIST_TIMEOUT_HELP})")
+    p.add_argument("--samples", type=Path, metavar="DIR_OR_DB", help=SAMPLES_HELP + ", added to MNIST's training "
+                   "images")
+    p.add_argument("--samples-share", type=fraction, metavar="F", help="with --samples: their share of each epoch, "
+                   f"reached by repeating them (default: {TrainConfig.samples_share})")
+
+    p = command("finetune", "adapt a trained model to your own labelled digits, measured before and after")
+    data_dir(p)
+    p.add_argument("--model", type=Path, metavar="CHECKPOINT", help="the model to start from: a checkpoint, "
+                   "a run folder or latest (default: the shipped model)")
+    p.add_argument("--samples", type=Path, required=True, metavar="DIR_OR_DB", help=SAMPLES_HELP)
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder (default: runs/finetune-TIME, so "
+                   "--model latest finds it)")
+    cfg = FinetuneConfig()
+    p.add_argument("--steps", type=int_in(1), default=cfg.steps, metavar="N", help="optimizer steps")
+    p.add_argument("--lr", type=positive, default=cfg.lr, help="peak learning rate (SGD, cosine to 0)")
+    p.add_argument("--batch-size", type=int_in(2), default=cfg.batch_size, metavar="N",
+                   help="images per step, your samples and MNIST replay together")
+    p.add_argument("--person-share", type=fraction, default=cfg.person_share, metavar="F",
+                   help="share of each batch drawn from your samples (the rest replays MNIST)")
+    p.add_argument("--holdout", type=holdout, default=cfg.holdout, metavar="F", help="share of your samples "
+                   "held out, stratified by digit, to measure before and after (0: none)")
+    p.add_argument("--seed", type=int, default=cfg.seed, help="the holdout, the batches and the augmentation")
+    device(p)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = command("samples", "the store of your labelled digits: list, import, export, delete, stats")
+    which = p.add_subparsers(dest="samples_command", required=True, metavar="ACTION",
+                             help="what to do with the store (mnist-cnn samples ACTION --help)")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        q = which.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                             formatter_class=HelpFormatter)
+        q.add_argument("--db", type=Path, metavar="FILE", help=f"the samples store (default: {SAMPLES_DB_HELP})")
+        return q
+
+    q = action("list", "one line per sample: id, label, the model's answer, source, date")
+    q.add_argument("--json", action="store_true", help="print the rows as JSON lines")
+    q = action("import", "add a labelled folder DIR/<digit>/<name>.png, each image through the preprocessing")
+    q.add_argument("folder", type=Path, metavar="DIR", help="folders 0/ to 9/ of images, as ImageFolder reads")
+    q.add_argument("--model", type=Path, metavar="CHECKPOINT", help="the model whose answers are recorded "
+                   "(default: the shipped model)")
+    q = action("export", "write the store as a labelled folder DIR/<digit>/<id>.png")
+    q.add_argument("folder", type=Path, metavar="DIR", help="where to write (made if needed)")
+    q.add_argument("--images", default="original", choices=EXPORT_IMAGES, help="the uploads as they came, "
+                   "the 28x28s the network saw, or both (in DIR/original/ and DIR/28x28/)")
+    q = action("delete", "remove samples by id")
+    q.add_argument("ids", nargs="+", type=int_in(1), metavar="ID", help="the ids `mnist-cnn samples list` shows")
+    q = action("stats", "how many samples, per digit and source, and how many the model had wrong")
+    q.add_argument("--json", action="store_true", help="print them as JSON")
 
     p = command("evaluate", "score a checkpoint on the MNIST test set")
     data_dir(p)
@@ -198,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='below this probability the answer says "unsure"')
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="uvicorn's log level")
+    p.add_argument("--collect", action="store_true", help="keep the page's corrections (\"Wrong? It was a ...\") "
+                   "in the samples store; without it nothing is kept")
+    p.add_argument("--collect-token", metavar="TOKEN", help="the token that keeping a sample needs (default: "
+                   "$MNIST_CNN_COLLECT_TOKEN; none on loopback, else a random one, printed at start)")
+    p.add_argument("--samples-db", type=Path, metavar="FILE", help=f"where --collect keeps samples (default: "
+                   f"{SAMPLES_DB_HELP})")
 
     p = command("predict", "recognize digits in your own images (files, folders, globs, - for stdin)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders of images, globs, or - (stdin)")

@@ -115,14 +115,17 @@ def _too_many(n: int, limits: Limits) -> HTTPException:
     return HTTPException(413, f"{n} images in one request; the limit is {limits.max_batch}")
 
 
-def _json_items(raw: bytes, batch: bool, limits: Limits) -> list:
-    """A JSON body's images; run off the event loop, since parsing 10 MiB takes a while."""
+def _json_items(raw: bytes, batch: bool, limits: Limits, fields: dict | None = None) -> list:
+    """A JSON body's images (and the keys of `fields` it has); run off the event loop, since parsing 10 MiB
+    takes a while."""
     try:
         body = json.loads(raw)
     except RecursionError:  # the C parser's stack guard: hundreds of nested arrays
         raise invalid("the JSON is nested too deeply") from None
     except ValueError:
         raise invalid("the body is not valid JSON") from None
+    if fields is not None and isinstance(body, dict):
+        fields.update({k: body[k] for k in fields if k in body})
     key, many = ("images", "pixels") if batch else ("image", "pixels")
     for name in (key, many) if batch and isinstance(body, dict) else ():
         values = body.get(name)  # count before converting: a body of 3,000 images is refused at once
@@ -144,10 +147,12 @@ def _json_items(raw: bytes, batch: bool, limits: Limits) -> list:
     raise invalid(f'expected a JSON object like {example} or {{"pixels": 28x28 numbers 0..255}}')
 
 
-async def read_items(request: Request, limits: Limits, batch: bool, run=run_in_threadpool) -> list:
+async def read_items(request: Request, limits: Limits, batch: bool, run=run_in_threadpool,
+                     fields: dict | None = None) -> list:
     """The request's images: encoded image bytes, or uint8 (28, 28) tensors sent as pixels.
 
-    `run(fn, *args)` runs the JSON parsing off the event loop (the server's bounded pool)."""
+    `run(fn, *args)` runs the JSON parsing off the event loop (the server's bounded pool). The keys of
+    `fields` are filled in from the form's text fields or the JSON object's keys, where they are sent."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         try:
@@ -160,11 +165,13 @@ async def read_items(request: Request, limits: Limits, batch: bool, run=run_in_t
                                          f"the limit is {limits.max_batch}") from None
             raise invalid(f"bad multipart body: {exc.detail}") from None  # Starlette says 400: malformed
         items = [await v.read() for _, v in form.multi_items() if not isinstance(v, str)]
+        if fields is not None:
+            fields.update({k: form[k] for k in fields if isinstance(form.get(k), str)})
         await form.close()
         if not items:
             raise invalid("the form has no file: send the image as the field 'file'")
     elif kind == "application/json":  # the body's size is already checked (BodyLimit); parse it off the loop
-        items = await run(_json_items, await request.body(), batch, limits)
+        items = await run(_json_items, await request.body(), batch, limits, fields)
     elif (kind.startswith("image/") or kind == "application/octet-stream") and not batch:
         items = [await request.body()]
     else:
@@ -178,6 +185,24 @@ async def read_items(request: Request, limits: Limits, batch: bool, run=run_in_t
     if len(items) > limits.max_batch:
         raise _too_many(len(items), limits)
     return items
+
+
+def label_of(*values) -> int:
+    """The one true label of a sample, from any of the places it may be sent (None: not there), or 422."""
+    given = [v for v in values if v is not None]
+    labels = set()
+    for v in given:
+        text = v.strip() if isinstance(v, str) else v
+        if isinstance(text, str) and len(text) == 1 and text in "0123456789":
+            text = int(text)
+        if isinstance(text, bool) or not isinstance(text, int) or not 0 <= text <= 9:
+            raise invalid(f"a label is one digit, 0 to 9, not {str(v)[:20]!r}")
+        labels.add(text)
+    if not labels:
+        raise invalid("send the digit it really is as label=0..9: a form field, a JSON key or ?label=")
+    if len(labels) > 1:
+        raise invalid(f"two different labels were sent: {sorted(labels)}")
+    return labels.pop()
 
 
 def decode_checked(raw: bytes, max_pixels: int) -> Image.Image:

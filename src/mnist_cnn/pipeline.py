@@ -18,33 +18,57 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from . import checkpoint, data, distributed, models, training
 from .evaluation import evaluate, fit_temperature, forward_label, predict_logits
+from .errors import ConfigError
 from .files import read_json, write_json
 from .recipes import TrainConfig, normalization
 
 
 def train_run(cfg: TrainConfig, run_dir: Path, device, data_dir=None, resume: bool = False,
               tensorboard: bool = False, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> dict:
+              log: Callable[[str], None] | None = None, samples=None) -> dict:
     """Train `cfg` into `run_dir`, score it on the test set and return its metrics.
 
     `progress` draws a bar (tqdm.auto: a widget in a notebook) and the notebook's log lines;
     `log` receives messages about the data. Under torchrun every rank calls this and rank 0 writes.
+    `samples` (a `samples.Labelled`) are a person's digits, added to the training set (`with_samples`).
     """
     run_dir, log = Path(run_dir), log or (lambda message: None)
     if resume:  # refuse a change the run cannot take before anything is written
+        if samples is not None:
+            raise ConfigError("a resumed run continues the training it started; it cannot take --samples")
         training.resume_changes(read_json(run_dir / "config.json", {}), cfg)
     with caller_rng(device):
-        return _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, log)
+        return _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, log, samples)
 
 
-def _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, log) -> dict:
+def with_samples(mnist: data.MNIST, samples, share: float) -> tuple[data.MNIST, int]:
+    """MNIST with a person's samples added to its training split, repeated to make up `share` of it.
+
+    A few hundred digits among 55,000 would weigh nothing; repeated (each copy augmented afresh
+    by the recipe), they make up about `share` of every epoch. Returns (the data, the repeats).
+    """
+    n, k = len(mnist.train_y), len(samples)
+    repeats = max(1, round(share * n / ((1 - share) * k)))
+    device = mnist.train_x.device
+    x = torch.cat([mnist.train_x, samples.x.to(device).repeat(repeats, 1, 1)])
+    y = torch.cat([mnist.train_y, samples.y.to(device).repeat(repeats)])
+    return dataclasses.replace(mnist, train_x=x, train_y=y), repeats
+
+
+def _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, log, samples=None) -> dict:
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     mnist = data.load_mnist(data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train, device=device, log=log)
+    record = None
+    if samples is not None:
+        mnist, repeats = with_samples(mnist, samples, cfg.samples_share)
+        record = {**samples.record(), "repeats": repeats, "share": cfg.samples_share}
+        log(f"samples: {len(samples)} of your digits from {samples.source}, each {repeats}x in every epoch")
     callbacks = {}
     with _progress(cfg, len(mnist.train_x), progress and distributed.is_main()) as bar:
         if bar is not None:
@@ -70,9 +94,11 @@ def _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, lo
                "epochs": cfg.epochs, "device": str(device), "world_size": distributed.world_size(),
                "val_accuracy": history.epochs[-1].get("val_acc") if history.epochs else None,
                "val_forward": forward_label(False)}
+    meta = checkpoint.model_metadata(cfg, metrics, temperature)
+    if record is not None:
+        metrics["samples"] = meta["samples"] = record
     if distributed.is_main():
-        checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model,
-                              checkpoint.model_metadata(cfg, metrics, temperature))
+        checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model, meta)
         write_json(run_dir / "metrics.json", metrics)
         write_json(run_dir / "run.json", {"config": dataclasses.asdict(cfg), "metrics": metrics,
                                           "versions": checkpoint.library_versions(),

@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 
+from . import collect as collecting
 from . import guards, predict, preprocess, segment
 from .errors import UserError
 from .evaluation import forward_label, measured_forward
@@ -147,14 +148,19 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {
 
 
 def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, collect: collecting.Collect | None = None,
+               model_name: str | None = None) -> FastAPI:
     """The FastAPI app around an already-loaded `predict.Predictor` (tests inject their own).
 
     `allowed_hosts`: the Host names to answer for (`guards.allowed_hosts`); None answers for any.
+    `collect`: where corrections are kept, and the token they need (`collect.py`); None keeps nothing.
+    `model_name`: what /api/model says is served (a path; None: the shipped model).
     """
     batcher = MicroBatcher(predictor.predict_arrays)
     decode = DecodePool(limits.max_decodes)
     numbers = DecodePool(limits.max_numbers, "numbers")  # a number may take seconds: it waits for numbers only
+
+    store = None  # the samples store, opened below when collecting
 
     @asynccontextmanager
     async def lifespan(app):
@@ -162,6 +168,8 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
         batcher.close()
         decode.close()
         numbers.close()
+        if store is not None:
+            store.close()
 
     # FastAPI's own /docs and /redoc load their scripts from a CDN: blank pages offline.
     # FastAPIOffline serves the same pages from files in its package, under /docs-assets.
@@ -227,7 +235,9 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
         meta = predictor.meta
         return {**meta, "backend": backend, "test_accuracy": meta.get("metrics", {}).get("test_accuracy"),
                 "test_forward": measured_forward(meta), "forward": forward_label(predictor.tta),
-                "min_confidence": predictor.min_confidence, "limits": asdict(limits)}
+                "min_confidence": predictor.min_confidence, "limits": asdict(limits),
+                "model": model_name or "the shipped model",
+                "collect": {"enabled": collect is not None, "token_required": bool(collect and collect.token)}}
 
     @app.post("/api/predict", summary="Recognize one digit (or, with multi=true, a written number)",
               openapi_extra=_BODY_DOC)
@@ -267,6 +277,7 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
 
         return {"results": await bounded(asyncio.gather(*map(one, items)), deadline)}
 
+    store = collecting.add_routes(app, collect, limits, decode, batcher, image_input, _BODY_DOC)
     return app
 
 
@@ -287,9 +298,11 @@ WORKER_OPTIONS = "MNIST_CNN_SERVE_OPTIONS"  # how `run` hands load_predictor's a
 def worker_app() -> FastAPI:
     """uvicorn's app factory in each `--workers` process: the same model, loaded once per process."""
     options = json.loads(os.environ[WORKER_OPTIONS])
-    hosts = options.pop("allowed_hosts")
+    hosts, collect = options.pop("allowed_hosts"), options.pop("collect", None)
     torch.set_num_threads(options["threads"])  # a worker process's edge, like the CLI's
-    return create_app(load_predictor(**options), backend=options["backend"], allowed_hosts=hosts)
+    return create_app(load_predictor(**options), backend=options["backend"], allowed_hosts=hosts,
+                      collect=collecting.Collect(Path(collect["path"]), collect["token"]) if collect else None,
+                      model_name=options["model"])
 
 
 def server_options(limits: Limits) -> dict:
@@ -299,7 +312,8 @@ def server_options(limits: Limits) -> dict:
 
 
 def run(predictor, options: dict, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-        log_level: str = "info", allowed_hosts: list[str] | None = None) -> None:
+        log_level: str = "info", allowed_hosts: list[str] | None = None,
+        collect: collecting.Collect | None = None) -> None:
     """Serve until interrupted (the CLI's `serve`). With workers > 1, each process loads its own model from
     `options` (load_predictor's arguments): preprocessing holds the GIL, so processes use more cores."""
     import uvicorn
@@ -308,8 +322,10 @@ def run(predictor, options: dict, host: str = "127.0.0.1", port: int = 8000, wor
     kw = dict(host=host, port=port, log_level=log_level, access_log=log_level in ("debug", "info"),
               **server_options(limits))
     if workers == 1:
-        uvicorn.run(create_app(predictor, backend=options["backend"], limits=limits, allowed_hosts=allowed_hosts),
-                    **kw)
+        uvicorn.run(create_app(predictor, backend=options["backend"], limits=limits, allowed_hosts=allowed_hosts,
+                               collect=collect, model_name=options["model"]), **kw)
     else:
-        os.environ[WORKER_OPTIONS] = json.dumps({**options, "allowed_hosts": allowed_hosts})
+        collect_options = {"path": str(collect.path), "token": collect.token} if collect else None
+        os.environ[WORKER_OPTIONS] = json.dumps({**options, "allowed_hosts": allowed_hosts,
+                                                 "collect": collect_options})
         uvicorn.run("mnist_cnn.serve:worker_app", factory=True, workers=workers, **kw)

@@ -16,6 +16,9 @@ let timer = null;       // debounce timer of the next live prediction
 let seq = 0;            // id of the newest request; answers to older ones are dropped
 let busy = false;       // a request is in flight (one at a time, so a slow server is not flooded)
 let dirty = false;      // the drawing changed while that request was in flight
+let shown = null;       // {blob, name} of the image whose answer is on screen: what a correction sends
+let collecting = false; // the server keeps corrections (serve --collect)
+const TOKEN = new URLSearchParams(location.search).get("token");  // a collecting server off loopback needs it
 
 // ------------------------------------------------------------------ drawing
 
@@ -149,7 +152,7 @@ async function send(blob, name) {
     if (id !== seq) return;
     if (!res.ok) throw new Error(typeof body.detail === "string" ? body.detail : `HTTP ${res.status}`);
     if (body.text !== undefined) { showNumber(body); explainPanel.clear(); }
-    else { showDigit(body); explainPanel.update(blob, name); }
+    else { showDigit(body, { blob, name }); explainPanel.update(blob, name); }
   } catch (err) {
     if (id === seq) showError(err.message);
   } finally {
@@ -211,6 +214,7 @@ async function shrink(file) {
 const pct = (p) => `${(100 * p).toFixed(1)}%`;
 
 function setState(state, digit, status) {
+  if (state !== "ok" && state !== "unsure") showCorrection(null);  // nothing to correct on screen
   result.dataset.state = state;
   $("digit").textContent = digit;
   $("status").textContent = status;
@@ -233,7 +237,7 @@ function showPreview(dataUrl) {
   if (dataUrl) $("preview").src = dataUrl;
 }
 
-function showDigit(p) {
+function showDigit(p, image) {
   $("digits-box").hidden = true;
   showPreview(p.processed_png);
   if (p.status === "empty") {
@@ -248,7 +252,54 @@ function showDigit(p) {
     ? `Not sure: maybe ${guess} (${pct(best.probability)})` + (next ? `, or ${next.digit} (${pct(next.probability)}).` : ".")
     : `It is a ${guess} (${pct(best.probability)} sure).`);
   drawBars(p.probabilities, guess);
+  showCorrection(image);
 }
+
+// ------------------------------------------------------------- correcting
+
+// "Wrong? It was a [0-9]": the image on screen and its true label go to the samples store.
+function showCorrection(image) {
+  const changedImage = !shown || !image || shown.blob !== image.blob;
+  shown = image;
+  $("correct-box").hidden = !(collecting && image);
+  if (changedImage) {
+    $("correct-status").textContent = "";
+    $("correct-status").classList.remove("bad");
+    document.querySelectorAll(".digit-buttons button").forEach((b) => b.setAttribute("aria-pressed", "false"));
+  }
+}
+
+async function saveSample(label, button) {
+  if (!shown) return;
+  const image = shown;
+  const status = $("correct-status");
+  status.classList.remove("bad");
+  status.textContent = `Saving it as a ${label}…`;
+  const form = new FormData();
+  form.append("file", image.blob, image.name);
+  form.append("label", label);
+  try {
+    const headers = TOKEN ? { "X-Collect-Token": TOKEN } : {};
+    const res = await fetch("/api/samples", { method: "POST", body: form, headers });
+    const body = await res.json().catch(() => ({ detail: `HTTP ${res.status}` }));
+    if (!res.ok) throw new Error(typeof body.detail === "string" ? body.detail : `HTTP ${res.status}`);
+    if (shown !== image) return;  // the drawing changed meanwhile: this status is no longer about it
+    document.querySelectorAll(".digit-buttons button").forEach((b) => {
+      b.setAttribute("aria-pressed", String(b === button));
+    });
+    const count = `The store holds ${body.count} sample${body.count === 1 ? "" : "s"}.`;
+    status.textContent = body.duplicate ? `Already saved as sample #${body.id} (a ${body.label}). ${count}`
+      : `Saved as sample #${body.id}: a ${body.label}. ${count}`;
+  } catch (err) {
+    if (shown !== image) return;
+    status.classList.add("bad");
+    status.textContent = `Not saved: ${err.message}`;
+  }
+}
+
+document.querySelectorAll(".digit-buttons button").forEach((b) => {
+  b.addEventListener("click", () => saveSample(b.dataset.label, b));
+});
 
 function drawBars(probs, top) {
   $("bars").replaceChildren(...probs.map((q, d) => {
@@ -264,6 +315,7 @@ function drawBars(probs, top) {
 }
 
 function showNumber(n) {
+  showCorrection(null);  // a number's digits are not corrected one by one
   $("bars").replaceChildren();
   showPreview(null);
   $("digits-box").hidden = !n.digits.length;
@@ -294,5 +346,7 @@ function showNumber(n) {
 
 fetch("/api/model").then((r) => r.json()).then((m) => {
   const acc = m.test_accuracy == null ? "not measured" : `${Number(m.test_accuracy).toFixed(2)}% on MNIST test (${m.test_forward})`;
-  $("model-info").textContent = `Model: ${m.arch} (${m.backend}), test accuracy ${acc}.`;
+  const tuned = m.samples && m.samples.count ? ` Tuned on ${m.samples.count} of your samples.` : "";
+  $("model-info").textContent = `Model: ${m.arch} (${m.backend}), ${m.model}, test accuracy ${acc}.${tuned}`;
+  collecting = Boolean(m.collect && m.collect.enabled);
 }).catch(() => { $("model-info").textContent = "Model information unavailable."; });
