@@ -136,3 +136,11 @@ def test_finetuning_on_100_uci_digits_reads_the_other_writers_better(mnist_dir, 
     assert len(tune) == 100 and before["held_out"] is None
     assert after["extra"] >= before["extra"] + 1.0, (before, after)  # the benchmark: 97.0% -> 99.25% at 100
     assert after["mnist_test"] >= before["mnist_test"] - 0.15, (before, after)
+
+
+def test_a_finetuning_run_is_not_resumed_as_training(tmp_path, capsys):
+    run = tmp_path / "ft"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"recipe": "finetune", "steps": 300}))
+    assert main(["train", "--resume", str(run), "--device", "cpu"]) == 1
+    assert "fine-tuning run" in capsys.readouterr().err

@@ -273,6 +273,9 @@ def normalization(cfg: TrainConfig) -> tuple[float, float]:
 
 def config_from_dict(d: dict) -> TrainConfig:
     """Rebuild a config from its JSON form (as stored in a checkpoint)."""
+    if d.get("recipe") == FinetuneConfig.recipe:
+        raise ConfigError("that is a fine-tuning run's config, not a training recipe's; fine-tune again with "
+                          "`mnist-cnn finetune --model RUN_DIR` (or start from its base model)")
     cls = RECIPES.get(d.get("recipe"), TrainConfig)
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in fields})
