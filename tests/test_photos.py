@@ -49,5 +49,7 @@ def test_photos_are_read_and_never_confidently_wrong(answers):
     confident = {n: a for n, a in wrong.items() if a[2] >= 0.9}
     right = sum(a[1] == "ok" and a[0] == LABELS[n]["label"] for n, a in answers.items())
     assert not confident, confident
-    # 27 of the 30 were read when the set was made, 28 once bent rules were found; fewer is a regression.
-    assert right >= 28, {n: a for n, a in answers.items() if a[0] != LABELS[n]["label"]}
+    # 27 of the first 30 were read when the set was made, 28 once bent rules were found. Three more
+    # (photo_30-32: hard shadows that break a rule or look like desk) were added when they were
+    # read, so 31 of the 33; fewer is a regression.
+    assert right >= 31, {n: a for n, a in answers.items() if a[0] != LABELS[n]["label"]}

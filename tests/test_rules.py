@@ -56,3 +56,16 @@ def test_a_stroke_written_along_a_rule_is_cut_no_wider_than_the_rule():
     assert (across & truth).sum() >= 0.9 * truth.sum()
     ys, _ = np.nonzero(across & pen.astype(bool))
     assert len(ys) and np.abs(ys - 300).max() <= 4
+
+
+def test_a_rule_broken_by_a_shadow_is_found_past_the_break():
+    """A hard shadow's edge leaves a rule a wide gap (60 px, three times what pieces may skip to
+    continue one another): the piece past it is shorter than a rule, but lies on the found rule's
+    line, so it is that rule too."""
+    mask = np.zeros((H, W), np.uint8)
+    cv2.line(mask, (0, 300), (420, 306), 1, 2)  # 420 px: spans a rule's 60% of the shorter side
+    cv2.line(mask, (480, 307), (W - 1, 311), 1, 2)  # past the break: 320 px, too short alone
+    across, _ = rules.rule_lines(mask.astype(bool))
+    right = mask.astype(bool)
+    right[:, :470] = False
+    assert (across & right).sum() >= 0.9 * right.sum()

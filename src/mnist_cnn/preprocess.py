@@ -218,17 +218,28 @@ def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) 
     s = WORK_SIDE / max(rgb.shape[:2])
     if s < 1:
         rgb = cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_AREA)
-    outside = None
     # A sheet on a desk is flattened (or, when its outline is no clean quadrilateral, the desk around
     # it ignored); the ink on it is dark, whatever the frame's edge, which is the desk, suggests.
     sheet = photo.find_sheet(rgb)
-    if sheet is not None and sheet[1] is not None:
-        rgb = photo.flatten_sheet(rgb, sheet[1])
-    elif sheet is not None:
+    if sheet is None:
+        return _ink_on(rgb, full, invert, several)
+    if sheet[1] is not None:
+        page = _ink_on(photo.flatten_sheet(rgb, sheet[1]), full, invert, several, on_sheet=True)
+    else:
         outside = cv2.dilate((~sheet[0]).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+        page = _ink_on(rgb, full, invert, several, outside=outside)
+    # No ink on the "sheet": a hard shadow over coloured paper looks like desk, and the digit may lie
+    # in it. The whole frame is then read as paper, as if no desk showed.
+    return page if page is not None else _ink_on(rgb, full, invert, several)
+
+
+def _ink_on(rgb: np.ndarray, full: np.ndarray, invert: bool, several: bool, on_sheet: bool = False,
+            outside: np.ndarray | None = None) -> Page | None:
+    """The ink on `rgb`, the photo (or its flattened sheet); pixels `outside` the sheet are not looked at."""
+    sheet = on_sheet or outside is not None  # a desk shows: the ink on the sheet is dark
     # The frame's edge says light ink on a dark ground when the desk or a shadow lies along it; the
     # bulk of the image, brighter than that edge, or thin dark strokes then say otherwise.
-    if sheet is not None or invert or np.median(full) > np.median(_ring(full)) + 0.05 or photo.dark_ink(
+    if sheet or invert or np.median(full) > np.median(_ring(full)) + 0.05 or photo.dark_ink(
             photo.ink_channel(rgb)):
         strength = photo.even_light(photo.ink_channel(rgb))
     else:

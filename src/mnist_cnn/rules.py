@@ -152,7 +152,24 @@ def _long_lines(segments: np.ndarray, span: float, near: float, most_gap: float)
             reach = max(reach, b)
         if covered < span:
             chain[members] = -1
-    return chain
+    return _extend(chain, u, length, along, across, near)
+
+
+def _extend(chain: np.ndarray, u, length, along, across, near: float) -> np.ndarray:
+    """Segments that lie on a found rule's line, however far from it, join that rule: a hard shadow's
+    edge can break a rule for more than `most_gap`, and the pieces beyond it are no less printed."""
+    parallel = np.abs(u @ u.T) > math.cos(math.radians(RULE_TURN))
+    nearer = np.argmin(np.abs(along), axis=2)[..., None]
+    gap = np.maximum(np.abs(np.take_along_axis(along, nearer, 2)[..., 0]) - length[:, None] / 2, 0)
+    on_line = parallel & (across.max(2) <= near)  # [i, j]: both of j's ends on i's line
+    while True:
+        candidates = on_line & (chain[:, None] >= 0) & (chain[None, :] < 0)
+        joining = np.nonzero(candidates.any(0))[0]
+        if not len(joining):
+            return chain
+        for j in joining:  # the nearest rule along the line (a bent rule strays from far pieces' lines)
+            owners = np.nonzero(candidates[:, j])[0]
+            chain[j] = chain[owners[np.argmin(gap[owners, j])]]
 
 
 def _chains(joined: np.ndarray) -> np.ndarray:
