@@ -397,3 +397,35 @@ def test_touching_digits_are_split():
     ink[:, 0:56], ink[:, 52:108], ink[:, 104:160] = ring, ring, ring  # 000, each touching the next
     digits = segment_digits(page(ink, size=(120, 260), at=(25, 30)))
     assert len(digits) == 3
+
+
+def _boxes(*boxes) -> tuple[np.ndarray, np.ndarray]:
+    """Components drawn as filled boxes (x, y, w, h) on a 600x800 frame: (labels, stats)."""
+    labels = np.zeros((600, 800), np.int32)
+    for i, (x, y, w, h) in enumerate(boxes, 1):
+        labels[y:y + h, x:x + w] = i
+    stats = np.array([(0, 0, 800, 600, 0)] + [(x, y, w, h, w * h) for x, y, w, h in boxes], np.int64)
+    return labels, stats
+
+
+def _choose_number(labels, stats) -> np.ndarray:
+    keep = np.ones(len(stats), bool)
+    keep[0] = False
+    return photo.choose(labels, stats, keep, several=True)
+
+
+DIGITS = [(300, 300, 40, 60), (360, 302, 40, 60), (420, 304, 40, 60)]  # three digits 60 px high along a line
+
+
+def test_a_number_does_not_take_in_the_sheets_edge():
+    """An edge beside the line, in reach, but three times the digits' height, is no digit of it."""
+    chosen = _choose_number(*_boxes(*DIGITS, (260, 240, 6, 180)))
+    assert chosen[1:4].all() and not chosen[4], chosen
+
+
+def test_stray_marks_do_not_join_a_number_piece_by_piece():
+    """Grid leftovers below a digit, each 21 px below the one before: the first is near the digit
+    (10 px) and joins it, but each further one is only near the grown ink, not a digit."""
+    strays = [(430, 374, 10, 20), (430, 415, 10, 20), (430, 456, 10, 20), (430, 497, 10, 20)]
+    chosen = _choose_number(*_boxes(*DIGITS, *strays))
+    assert chosen[1:5].all() and not chosen[5:].any(), chosen

@@ -236,7 +236,8 @@ def choose(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, several: boo
     if score.max() <= 0:
         return np.zeros(len(stats), bool)
     chosen = np.zeros(len(stats), bool)
-    chosen[int(np.argmax(score))] = True
+    anchor = int(np.argmax(score))
+    chosen[anchor] = True
     grown = True
     while grown:
         grown = False
@@ -246,9 +247,12 @@ def choose(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, several: boo
         for i in np.nonzero(keep & ~chosen)[0]:
             gap_x = max(left - (x[i] + bw[i]), x[i] - right, 0)
             gap_y = max(top - (y[i] + bh[i]), y[i] - bottom, 0)
-            near = gap_x <= 0.25 * height and gap_y <= 0.25 * height
+            # A number's pieces are near one digit, not the whole line: else each piece joined widens
+            # the reach, and stray ink (a grid's leftovers) joins piece by piece.
+            reach = 0.25 * (bh[anchor] if several else height)
+            near = gap_x <= reach and gap_y <= reach
             in_line = (several and gap_x <= 1.2 * height and gap_y <= 0.1 * height
-                       and bh[i] >= 0.3 * height and not border[i])
+                       and 0.3 * height <= bh[i] <= 1.8 * height and not border[i])
             if near or in_line:
                 chosen[i] = grown = True
     return chosen
