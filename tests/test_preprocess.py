@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from mnist_cnn import photo, preprocess
 from mnist_cnn.imageops import dilate, label_components, stroke_width
+from mnist_cnn.predict import Predictor
 from mnist_cnn.preprocess import ImageError, decode, luminance, to_mnist
 from mnist_cnn.segment import segment_digits
 
@@ -429,3 +430,20 @@ def test_stray_marks_do_not_join_a_number_piece_by_piece():
     strays = [(430, 374, 10, 20), (430, 415, 10, 20), (430, 456, 10, 20), (430, 497, 10, 20)]
     chosen = _choose_number(*_boxes(*DIGITS, *strays))
     assert chosen[1:5].all() and not chosen[5:].any(), chosen
+
+
+def test_coloured_paper_in_a_hard_shadow_is_paper_not_desk():
+    """Yellow squared paper under a hand's shadow, lit only in one corner: the shade is the paper's
+    colour at half the light, and holds the middle of the frame and the digit. Taking the lit corner
+    for the sheet read the grid there as a 3 at 97%."""
+    lit, shade = np.array([236, 212, 140]), np.array([118, 106, 70])
+    yy, xx = np.mgrid[:600, :800]
+    rgb = np.where((xx * 500 + yy * 300 < 300 * 500)[..., None], lit, shade).astype(np.float64)
+    rgb[(xx % 60 < 2) | (yy % 60 < 2)] *= 0.8  # the grid
+    img = Image.fromarray(rgb.astype(np.uint8))
+    ImageDraw.Draw(img).line([(500, 200), (500, 400)], fill=(25, 25, 40), width=12)  # a 1, in the shade
+    img = img.filter(ImageFilter.GaussianBlur(1.5))
+    noisy = np.asarray(img) + np.random.default_rng(0).normal(0, 3, (600, 800, 3))
+    img = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    assert photo.find_sheet(np.asarray(img)) is None
+    assert Predictor.from_path().predict_image(img).digit == 1

@@ -19,6 +19,9 @@ import numpy as np
 
 SHEET_SIDE = 256  # the sheet is looked for on a copy this big: its outline is a large feature
 SHEET_MIN, SHEET_MAX = 0.12, 0.96  # as a fraction of the frame: smaller is no sheet, larger is no desk
+SHADE_DARK, SHADE_HUE, SHADE_CHROMA = 0.3, 15.0, 0.25  # paper in a hard shadow: lightness (of the paper's)
+# down to this, hue within this many degrees, chroma per lightness within this fraction of the paper's
+SHEET_CENTRE = 0.5  # the sheet holds at least this much of the frame's middle fifth (the digit's place)
 DESK_DARK = 0.5  # of the paper's lightness (L*; 0.15 of its luminance): darker is desk (a hard shadow can reach 0.6)
 DESK_CHROMA = 14.0  # Lab chroma units from the paper's own colour: a wooden desk, a coloured mat
 LIGHT_KERNEL = 1 / 20  # of the longer side, the least width of the closing that finds the paper (which is
@@ -65,10 +68,29 @@ def find_sheet(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
         return None
     mask = np.zeros(small.shape[:2], np.uint8)
     cv2.fillConvexPoly(mask, hull, 1)
+    ch, cw = small.shape[0] // 2, small.shape[1] // 2
+    middle = np.s_[ch - ch // 5:ch + ch // 5 + 1, cw - cw // 5:cw + cw // 5 + 1]
+    if mask[middle].mean() < SHEET_CENTRE and _shaded_paper(lab[middle], lab[labels == biggest], bright):
+        return None  # people frame the paper: the middle is the same paper, in a shadow
     mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
     quad = cv2.approxPolyDP(hull, 0.03 * cv2.arcLength(hull, True), True)
     corners = _order(quad.reshape(-1, 2).astype(np.float32) / s) if len(quad) == 4 else None
     return mask, corners
+
+
+def _shaded_paper(region: np.ndarray, paper: np.ndarray, bright: float) -> bool:
+    """Whether Lab pixels (..., 3) look like the paper's Lab pixels in a shadow: darker, but not as dark
+    as a dark desk, and of the paper's hue with its chroma dimmed in step with its lightness."""
+    def colour(px):
+        px = px.reshape(-1, 3)
+        light, a, b = (float(np.median(px[:, i])) - (0 if i == 0 else 128) for i in range(3))
+        return light, math.hypot(a, b), math.degrees(math.atan2(b, a))
+    light, chroma, hue = colour(region)
+    paper_light, paper_chroma, paper_hue = colour(paper)
+    if light < SHADE_DARK * bright or paper_chroma < DESK_CHROMA:
+        return False  # a dark desk; or paper without a colour to follow into the shadow
+    turn = abs((hue - paper_hue + 180) % 360 - 180)
+    return turn < SHADE_HUE and abs(chroma / light - paper_chroma / paper_light) < SHADE_CHROMA * paper_chroma / paper_light
 
 
 def _order(pts: np.ndarray) -> np.ndarray:
