@@ -33,10 +33,10 @@ def cpu_model() -> str:
 
 def time_one(raw: bytes, predictor) -> tuple[float, float, float]:
     """(decode, preprocessing, network) seconds for one encoded photo."""
-    from mnist_cnn import preprocess
+    from mnist_cnn import images, preprocess
 
     t0 = time.perf_counter()
-    img = preprocess.decode(raw)
+    img = images.decode(raw)
     t1 = time.perf_counter()
     x = preprocess.to_mnist(img)
     t2 = time.perf_counter()

@@ -85,7 +85,8 @@ def compose_number(digits: list[torch.Tensor], rng: np.random.Generator, touchin
 
 def round_trip(predictor, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict:
     """Render each digit, bring it back, compare pixels and predictions with the raw digit's."""
-    from mnist_cnn.preprocess import decode, to_mnist
+    from mnist_cnn.images import decode
+    from mnist_cnn.preprocess import to_mnist
 
     rng = np.random.default_rng(seed)
     back = []
@@ -103,7 +104,7 @@ def round_trip(predictor, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> di
 
 def numbers(predictor, x: torch.Tensor, y: torch.Tensor, count: int, touching: bool, seed: int = 0) -> dict:
     """Exact-number accuracy on `count` numbers of 2-6 random test digits."""
-    from mnist_cnn.preprocess import decode
+    from mnist_cnn.images import decode
 
     rng = np.random.default_rng(seed)
     right = counted = 0

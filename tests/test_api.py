@@ -116,10 +116,10 @@ def test_every_accepted_input_is_read_the_same(model, seven):
 
 
 def test_predictions_are_the_command_lines(model, seven):
-    from mnist_cnn import preprocess
+    from mnist_cnn import images
     from mnist_cnn.predict import Predictor
 
-    cli_pred = Predictor.from_path().predict_image(preprocess.open_image(seven))
+    cli_pred = Predictor.from_path().predict_image(images.open_image(seven))
     assert model.predict(seven).probabilities == pytest.approx(cli_pred.probabilities, abs=1e-7)
 
 

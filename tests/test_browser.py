@@ -27,7 +27,7 @@ if not CHROMIUM:
     pytest.skip("the browser test needs Chromium: apt-get install chromium, or set CHROMIUM=/path/to/it",
                 allow_module_level=True)
 
-from mnist_cnn import preprocess, serve  # noqa: E402 (after the skips: serve needs fastapi)
+from mnist_cnn import images, serve  # noqa: E402 (after the skips: serve needs fastapi)
 from mnist_cnn.predict import Predictor  # noqa: E402
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -173,7 +173,7 @@ def test_upload_an_image(page, predictor, test_split, tmp_path):
         paper.paste(ink, (40, 20))
         buf = io.BytesIO()
         paper.save(buf, format="PNG")
-        if predictor.predict_image(preprocess.decode(buf.getvalue())).digit == int(label):
+        if predictor.predict_image(images.decode(buf.getvalue())).digit == int(label):
             break
     path = tmp_path / "my-digit.png"
     path.write_bytes(buf.getvalue())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mnist_cnn import cli, preprocess
+from mnist_cnn import cli, images, preprocess
 
 PACKAGE_ROOT = Path(preprocess.__file__).resolve().parents[1]  # the checkout under test, for subprocesses
 
@@ -61,6 +61,6 @@ def test_a_user_mistake_is_one_line_on_stderr(argv, message, capsys, tmp_path, m
 def test_every_error_for_people_is_a_user_error():
     from mnist_cnn import checkpoint, data, distributed, errors, export, files, segment
 
-    for cls in (preprocess.ImageError, data.DataError, checkpoint.CheckpointError, distributed.DistributedError,
+    for cls in (images.ImageError, data.DataError, checkpoint.CheckpointError, distributed.DistributedError,
                 files.TooBig, export.ExportError, segment.TooManyDigits):
         assert issubclass(cls, errors.UserError), cls

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 pytest.importorskip("captum", reason="the explainer needs the explain extra: pip install -e '.[explain]'")
 
-from mnist_cnn import checkpoint, cli, explain, models, preprocess  # noqa: E402
+from mnist_cnn import checkpoint, cli, explain, images, models, preprocess# noqa: E402
 from mnist_cnn.errors import UserError  # noqa: E402
 from mnist_cnn.models import unwrap  # noqa: E402
 from mnist_cnn.predict import Predictor  # noqa: E402
@@ -36,7 +36,7 @@ def shipped():
 
 @pytest.fixture(scope="module")
 def seven():
-    return preprocess.to_mnist(preprocess.decode(seven_png()))
+    return preprocess.to_mnist(images.decode(seven_png()))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_cnn import preprocess
+from mnist_cnn import images
 from mnist_cnn.predict import Predictor
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
@@ -25,7 +25,7 @@ def answers():
     predictor = Predictor.from_path()
     out = {}
     for name, item in LABELS.items():
-        img = preprocess.open_image(PHOTOS / name)
+        img = images.open_image(PHOTOS / name)
         if item["kind"] == "digit":
             p = predictor.predict_image(img)
             out[name] = ("" if p.digit is None else str(p.digit), p.status, p.probability)

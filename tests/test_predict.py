@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_cnn import checkpoint, cli, predict, preprocess
+from mnist_cnn import checkpoint, cli, images, predict, preprocess
 from mnist_cnn.augment import to_float
 from mnist_cnn.predict import Predictor, iter_inputs, predict_inputs
 
@@ -149,7 +149,7 @@ def test_written_numbers_are_read_left_to_right(shipped, test_split):
     right = lengths = 0
     for _ in range(8):
         idx = rng.choice(len(x), size=int(rng.integers(2, 7)), replace=False)
-        number = shipped.predict_number(preprocess.decode(roundtrip.compose_number([x[i] for i in idx], rng)))
+        number = shipped.predict_number(images.decode(roundtrip.compose_number([x[i] for i in idx], rng)))
         truth = "".join(str(int(y[i])) for i in idx)
         lengths += len(number.text) == len(truth)
         right += number.text == truth
@@ -253,8 +253,8 @@ def test_big_folders_are_streamed(tmp_path, monkeypatch):
     for i in range(200):  # 12 batches of 16, and a part
         (tmp_path / f"{i:05d}.png").write_bytes(digit)
     opened = []
-    real_open = preprocess.open_image
-    monkeypatch.setattr(preprocess, "open_image", lambda src: opened.append(src) or real_open(src))
+    real_open = images.open_image
+    monkeypatch.setattr(images, "open_image", lambda src: opened.append(src) or real_open(src))
     results = predict_inputs(Predictor(Recorder(), META), iter_inputs([str(tmp_path)]), batch_size=16)
     first = next(results)
     assert first.name.endswith("00000.png") and first.prediction.status == "ok"

@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from mnist_cnn import photo, preprocess
+from mnist_cnn import images, photo, preprocess
 from mnist_cnn.imageops import dilate, label_components, stroke_width
 from mnist_cnn.predict import Predictor
-from mnist_cnn.preprocess import ImageError, decode, luminance, to_mnist
+from mnist_cnn.images import ImageError, decode, luminance
+from mnist_cnn.preprocess import to_mnist
 from mnist_cnn.segment import segment_digits
 
 
@@ -148,7 +149,7 @@ def test_huge_images_and_decompression_bombs_are_refused():
     with pytest.raises(ImageError, match="megapixels"):
         decode(small_file)
     with pytest.raises(ImageError, match="MiB"):
-        decode(b"\0" * (preprocess.MAX_BYTES + 1))
+        decode(b"\0" * (images.MAX_BYTES + 1))
 
 
 # ---------------------------------------------------------------- luminance

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnist_cnn import imagefolder, preprocess, samples
+from mnist_cnn import imagefolder, images, preprocess, samples
 from mnist_cnn.errors import UserError
 from mnist_cnn.samples import Store, StoreError
 
@@ -267,7 +267,7 @@ def test_import_reports_what_it_could_not_read_and_export_round_trips(folder, tm
         first = next(store.rows())
         assert first.source == "import" and first.name == "0/0-0.png"
         # The oracle: what `mnist-cnn predict` sees of the same file.
-        assert torch.equal(first.mnist, preprocess.to_mnist(preprocess.open_image(folder / "0" / "0-0.png")))
+        assert torch.equal(first.mnist, preprocess.to_mnist(images.open_image(folder / "0" / "0-0.png")))
         written = imagefolder.export_folder(store, tmp_path / "out", "both")
         assert written == {"original": 9, "28x28": 9}
         x, y = store.tensors()

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_cnn import preprocess, serve
+from mnist_cnn import images, serve
 from mnist_cnn.cli import main
 from mnist_cnn.predict import Predictor
 
@@ -118,7 +118,7 @@ def test_image_upload_matches_the_cli_path(client, predictor, digits):
     x, y = digits
     for digit, label in zip(x[:6], y[:6]):
         raw = paper_png(digit)
-        expect = predictor.predict_image(preprocess.decode(raw))
+        expect = predictor.predict_image(images.decode(raw))
         answers = [client.post("/api/predict", files={"file": ("d.png", raw, "image/png")}),
                    client.post("/api/predict", json={"image": data_url(raw)}),
                    client.post("/api/predict", content=raw, headers={"content-type": "image/png"})]
@@ -169,7 +169,7 @@ def test_multi_digit_number(client, predictor, digits):
     strip = torch.cat([gap] + [torch.cat([d, gap], 1) for d in x[:4]], 1)  # four test digits, spaced
     buf = io.BytesIO()
     Image.fromarray(255 - strip.numpy()).resize((strip.shape[1] * 5, 28 * 5)).save(buf, format="PNG")
-    expect = predictor.predict_number(preprocess.decode(buf.getvalue()))
+    expect = predictor.predict_number(images.decode(buf.getvalue()))
     body = client.post("/api/predict?multi=true", files={"file": ("n.png", buf.getvalue(), "image/png")}).json()
     assert body["text"] == expect.text == "".join(str(int(v)) for v in y[:4])
     assert len(body["digits"]) == 4 and all(from_data_url(d["processed_png"]).shape == (28, 28)
@@ -633,7 +633,7 @@ def test_a_correction_is_kept_with_its_image_and_the_models_answer(collecting, p
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["label"] == 7 and body["count"] == 1 and not body["duplicate"]
-    expect = predictor.predict_image(preprocess.decode(raw))  # the oracle: the predict path
+    expect = predictor.predict_image(images.decode(raw))  # the oracle: the predict path
     assert body["prediction"]["topk"][0]["digit"] == expect.topk[0][0]
     [sample] = rows()
     assert sample.id == body["id"] and sample.label == 7 and sample.source == "page"

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_cnn import preprocess, segment, serve
+from mnist_cnn import images, segment, serve
 from mnist_cnn.cli import main
 from mnist_cnn.predict import Predictor
 from test_serve import TestClient, png_header
@@ -119,7 +119,7 @@ def _client(predictor, **limits):
 
 
 def test_predict_number_stops_at_its_deadline(predictor):
-    img = preprocess.decode(bar_png(600, 30))  # about 23 touching digits: many seconds of cutting
+    img = images.decode(bar_png(600, 30))  # about 23 touching digits: many seconds of cutting
     t0 = time.monotonic()
     with pytest.raises(segment.OutOfTime):
         predictor.predict_number(img, deadline=time.monotonic() + 0.3)
@@ -131,8 +131,8 @@ def test_a_batch_over_its_pixel_budget_gets_413_before_any_decoding(predictor, m
 
     def decode(raw):
         decoded.append(raw)
-        raise preprocess.ImageError("decoded")
-    monkeypatch.setattr(preprocess, "decode", decode)
+        raise images.ImageError("decoded")
+    monkeypatch.setattr(images, "decode", decode)
     files = [("file", (f"{i}.png", png_header(4000, 4000), "image/png")) for i in range(5)]  # 80 MP in all
     with _client(predictor) as c:
         r = c.post("/api/predict/batch", files=files)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import preprocess
+from . import images, preprocess
 from .errors import UserError
 from .files import atomic_write
 from .samples import Store, digest, encode_original, mnist_png
@@ -73,7 +73,7 @@ def read_folder(folder: Path, originals: bool = False) -> FolderDigits:
     for path, label in found:
         name = f"{label}/{path.name}"
         try:
-            img = preprocess.open_image(path)
+            img = images.open_image(path)
             x = preprocess.to_mnist(img)
         except UserError as exc:  # this file's problem alone (an unreadable, corrupt or huge image)
             failed.append((name, str(exc)))

@@ -50,15 +50,15 @@ def _dtype_message(what: str, dtype) -> str:
 
 
 def to_image(x) -> Image.Image:
-    """A picture of a digit or number, as a PIL image for `preprocess` (which decodes and checks files)."""
-    from . import preprocess
+    """A picture of a digit or number, as a PIL image for `preprocess` (`images` decodes and checks files)."""
+    from . import images
 
     if isinstance(x, Image.Image):
         return x
     if isinstance(x, (str, Path)):
-        return preprocess.open_image(Path(x))
+        return images.open_image(Path(x))
     if isinstance(x, (bytes, bytearray, memoryview)):
-        return preprocess.decode(bytes(x))
+        return images.decode(bytes(x))
     if isinstance(x, torch.Tensor) and x.dim() == 3:  # torch's layout is (C, H, W)
         x = x.permute(1, 2, 0)
     if not isinstance(x, (np.ndarray, torch.Tensor)):

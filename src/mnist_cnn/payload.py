@@ -24,7 +24,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import preprocess
+from . import images
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def label_of(*values) -> int:
 def decode_checked(raw: bytes, max_pixels: int) -> Image.Image:
     """Refuse an image with too many pixels from its header alone (413), then decode it as the CLI does."""
     header_pixels(raw, max_pixels)
-    return preprocess.decode(raw)
+    return images.decode(raw)
 
 
 def check_batch_pixels(items: list, limits: Limits) -> None:

@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterable, Iterator
 import torch
 from PIL import Image
 
-from . import checkpoint, files, preprocess, segment
+from . import checkpoint, files, images, preprocess, segment
 from .errors import InputError, UserError
 from .evaluation import predict_logits, uses_tta
 from .inputs import as_pixels
@@ -237,7 +237,7 @@ def _read_stdin(stdin: BinaryIO | None) -> bytes | str:
     if stdin is None:
         return "standard input is not available"
     try:
-        return stdin.read(preprocess.MAX_BYTES + 1)
+        return stdin.read(images.MAX_BYTES + 1)
     except (OSError, ValueError) as exc:  # ValueError: a closed file
         return f"cannot read standard input: {getattr(exc, 'strerror', None) or exc}"
 
@@ -270,15 +270,15 @@ READ_TIMEOUT_S = 10.0  # for one input path: a FIFO or device that never finishe
 def read_image(source: Path | bytes | str) -> Image.Image:
     """A path (read with a size limit), raw bytes, or an error message from iter_inputs -> the image."""
     if isinstance(source, str):
-        raise preprocess.ImageError(source)
+        raise images.ImageError(source)
     if isinstance(source, Path):  # read here with a limit that devices and pipes cannot bypass
         try:
-            source = files.read_bounded(source, preprocess.MAX_BYTES, READ_TIMEOUT_S)
+            source = files.read_bounded(source, images.MAX_BYTES, READ_TIMEOUT_S)
         except files.TooBig as exc:
-            raise preprocess.ImageError(str(exc)) from None
+            raise images.ImageError(str(exc)) from None
         except OSError as exc:
-            raise preprocess.ImageError(f"cannot read it: {exc.strerror or exc}") from None
-    return preprocess.open_image(source)
+            raise images.ImageError(f"cannot read it: {exc.strerror or exc}") from None
+    return images.open_image(source)
 
 
 def predict_inputs(predictor: Predictor, inputs: Iterable[tuple[str, Path | bytes | str]], multi: bool = False,

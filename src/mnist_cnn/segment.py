@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from .imageops import bbox, component_boxes
-from .preprocess import ImageError, Page, find_ink, render
+from .images import ImageError
+from .preprocess import Page, find_ink, render
 
 # Multi-digit: a blob wider than SPLIT_H x a digit's height and SPLIT_W x the number's typical digit
 # width holds several digits; between MAYBE_W and SPLIT_W a classifier decides. NARROW x the height is

@@ -32,7 +32,7 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from . import collect as collecting
-from . import guards, predict, preprocess, segment
+from . import guards, images, predict, preprocess, segment
 from .errors import UserError
 from .evaluation import forward_label, measured_forward
 from .payload import (BodyLimit, Limits, check_batch_pixels, decode_checked, invalid, number_json, prediction_json,
@@ -181,7 +181,7 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
                        page_csp={"/": PAGE_CSP, "/docs": DOCS_CSP, "/redoc": DOCS_CSP})
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.exception_handler(preprocess.ImageError)
+    @app.exception_handler(images.ImageError)
     async def image_error(request, exc):
         return JSONResponse({"detail": str(exc)}, 422)
 
@@ -272,7 +272,7 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
                 return await predict_one(item, multi=False, deadline=deadline)
             except HTTPException as exc:
                 return {"error": exc.detail, "status_code": exc.status_code}
-            except preprocess.ImageError as exc:
+            except images.ImageError as exc:
                 return {"error": str(exc), "status_code": 422}
 
         return {"results": await bounded(asyncio.gather(*map(one, items)), deadline)}
