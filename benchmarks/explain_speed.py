@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_cnn import checkpoint, data, explain, models
+from mnist_cnn import checkpoint, data, models
 from mnist_cnn.predict import Predictor
 from mnist_cnn.recipes import get_config
 
