@@ -448,3 +448,27 @@ def test_coloured_paper_in_a_hard_shadow_is_paper_not_desk():
     img = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
     assert photo.find_sheet(np.asarray(img)) is None
     assert Predictor.from_path().predict_image(img).digit == 1
+
+
+def _choose_digit(labels, stats) -> np.ndarray:
+    keep = np.ones(len(stats), bool)
+    keep[0] = False
+    return photo.choose(labels, stats, keep, several=False)
+
+
+def test_a_digit_in_pieces_outweighs_its_biggest_piece():
+    """A 5 whose grid-cut body (three pieces, close together) lies further from its bar than a
+    quarter of the bar's height: the bar is the biggest piece, but the body holds more ink, and
+    grown from the body the digit takes its bar too."""
+    bar, stem, bowl, tail = (380, 200, 100, 40), (352, 272, 20, 67), (382, 338, 39, 73), (327, 379, 48, 34)
+    chosen = _choose_digit(*_boxes(bar, stem, bowl, tail))
+    assert chosen[1:].all(), chosen
+
+
+def test_ink_running_into_the_frame_does_not_outweigh_a_framed_digit():
+    """The desk's grain beside the sheet: more ink than the digit, in pieces that reach the frame's
+    edge. The digit is what the person framed."""
+    digit = (420, 250, 50, 80)
+    desk = [(0, 100, 150, 400)] + [(160 + 45 * (i % 3), 110 + 100 * (i // 3), 40, 90) for i in range(12)]
+    chosen = _choose_digit(*_boxes(digit, *desk))
+    assert chosen[1] and not chosen[2:].any(), chosen

@@ -29,6 +29,8 @@ LIGHT_KERNEL = 1 / 20  # of the longer side, the least width of the closing that
 INK_CONTRAST = 0.06  # ink stands at least this far from the paper (of full scale), to tell its polarity
 CLEAR_INK = 0.15  # ink strength that is surely ink, to measure the strokes by
 SPECK = 0.04  # components under this fraction of the largest are specks
+ANCHORS, ANCHOR_MARGIN = 3, 1.5  # one digit is grown from each of this many of the biggest components; a
+# growth from another than the biggest is kept when it holds this many times the ink
 BLOB_FILL, BLOB_DEPTH, BLOB_ASPECT = 0.7, 0.8, 2.5  # a blob fills this much of its box, is this thick for
 # its shorter side, and is no longer than this for its width: a stain or a thumb (a 6 with its loop inked in
 # fills far less of its box; a 1 is longer)
@@ -242,10 +244,11 @@ def stroke_like(stats: np.ndarray, width: np.ndarray, shape: tuple[int, int]) ->
 def choose(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, several: bool) -> np.ndarray:
     """The ink that is the digit (or, `several`, the number): bool (n,) over components.
 
-    A person frames the digit: the anchor is the biggest stroke-like component, weighted towards the
-    middle of the frame, and preferring ones that do not touch the border (a sheet's edge, a cut-off
-    scrawl). Pieces near it join it (a 5's detached bar, a broken stroke); for a number, components
-    of a like height along the same line join it too, one after another.
+    A person frames the digit: its ink is big, near the middle of the frame, and does not touch the
+    border (a sheet's edge, a cut-off scrawl). The few biggest such components are each grown by the
+    pieces near them (a 5's detached bar, a stroke broken by a grid's line); for a number, by the
+    components of a like height along its line too, one after another. The growth that holds the
+    most ink, weighted towards the middle, is the digit: a digit in pieces outweighs its biggest piece.
     """
     h, w = labels.shape
     x, y, bw, bh, area = (stats[:, i].astype(np.float64) for i in range(5))
@@ -257,8 +260,20 @@ def choose(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, several: boo
         score[border] = -1
     if score.max() <= 0:
         return np.zeros(len(stats), bool)
+    anchors = [int(i) for i in np.argsort(-score)[:1 if several else ANCHORS] if score[i] > 0]
+    grown = [_grow(a, stats, keep, border, several) for a in anchors]
+    # Another growth must hold clearly more ink than the biggest piece's, and stay clear of the frame's
+    # edge (ink that runs into it is the desk, or a sheet's edge, not a framed digit).
+    weight = [float(np.maximum(score, 0)[chosen].sum()) * (i == 0 or not border[chosen].any())
+              for i, chosen in enumerate(grown)]
+    best = int(np.argmax(weight))
+    return grown[best] if weight[best] > ANCHOR_MARGIN * weight[0] else grown[0]
+
+
+def _grow(anchor: int, stats: np.ndarray, keep: np.ndarray, border: np.ndarray, several: bool) -> np.ndarray:
+    """The components that join `anchor`, one after another: bool (n,)."""
+    x, y, bw, bh = (stats[:, i].astype(np.float64) for i in range(4))
     chosen = np.zeros(len(stats), bool)
-    anchor = int(np.argmax(score))
     chosen[anchor] = True
     grown = True
     while grown:
