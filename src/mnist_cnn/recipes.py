@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adadelta", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # precision.py says what each means
 SCHEDULES = ("constant", "step", "onecycle", "cosine")
 
 
@@ -44,6 +45,7 @@ class TrainConfig:
     tta: bool = False  # test-time augmentation when evaluating
     channels_last: bool = False  # NHWC memory layout (faster convs on some CPUs/GPUs)
     compile: bool = False  # torch.compile the model (opt-in: compiling costs time up front)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: the training step's autocast (precision.py)
     val_size: int = 5000  # images carved from train for validation; 0 trains on all 60,000
     limit_train: int | None = None  # train on the first N images only (quick runs)
     log_every: int = 1000  # steps between logged lines
@@ -69,6 +71,7 @@ class TrainConfig:
             "limit_train": (self.limit_train is None or self.limit_train >= 1, ">= 1"),
             "log_every": (self.log_every >= 1, ">= 1"), "ensemble": (self.ensemble >= 1, ">= 1"),
             "samples_share": (0 < self.samples_share < 1, "in (0, 1)"),
+            "precision": (self.precision in PRECISIONS, " or ".join(PRECISIONS)),
         }
         bad = [f"{name} = {getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items() if not ok]
         if bad:
