@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from mnist_cnn import checkpoint, cli, precision, training
+from mnist_cnn import checkpoint, cli, models, precision, training
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.recipes import get_config
 
@@ -121,3 +121,16 @@ def test_the_ema_update_is_the_lerp_it_replaced():
     training.update_ema(ema, model, 0.9, step=10_000)  # past the warm-up: the decay is 0.9
     for k, v in ema.state_dict().items():
         assert torch.allclose(v, expected[k]), k
+
+
+@pytest.mark.slow  # torch.compile takes tens of seconds on a CPU
+def test_the_compiled_step_trains_and_saves_the_plain_network(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--recipe", "fastest", "--compile", "--device", "cpu", "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 50  # tiny_mnist's bars are learnable in one epoch (chance: 10%)
+    model, meta = checkpoint.load_model(run)
+    assert meta["config"]["compile"] is True
+    plain = training.build(get_config("fastest"), "cpu")
+    network, _ = models.unwrap(model)  # inside its calibration
+    assert network.state_dict().keys() == plain.state_dict().keys()  # no `_orig_mod.` prefix: the network itself

@@ -67,11 +67,11 @@ class ReferenceNet(nn.Module):
         return self.fc2(x)  # (B, 10) logits
 
 
-def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
+def conv_bn(c_in: int, c_out: int, pool: bool = False, stride: int = 1) -> nn.Sequential:
     # No conv bias: the batch norm that follows has its own shift. With `pool`, the
     # 2x2 max-pool comes straight after the conv, so batch norm and ReLU (and their
     # backward passes, memory-bound on a CPU) touch a quarter of the pixels.
-    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
     return nn.Sequential(conv, *([nn.MaxPool2d(2)] if pool else []), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
@@ -85,13 +85,19 @@ class BNNet(nn.Module):
     The head is either `flatten` (all pooled features into one linear layer: fastest
     to train) or `gap` (global average pooling, then linear: fewest parameters). No
     giant fully-connected layers either way, and every size is derived from `widths`.
+    With `stride_stem`, the first stage is one stride-2 conv instead of conv and pool: it
+    computes only the 14x14 outputs, and nothing of it touches a 28x28 map but its input.
     """
 
     def __init__(self, widths: tuple[int, ...] = (32, 64), depth: int = 1, head: str = "flatten",
-                 dropout: float = 0.0, pool_early: bool = False):
+                 dropout: float = 0.0, pool_early: bool = False, stride_stem: bool = False):
         super().__init__()
         layers, c_in = [], 1
-        for width in widths:
+        for stage, width in enumerate(widths):
+            if stage == 0 and stride_stem:  # (B, widths[0], 14, 14), as conv and pool would give
+                layers.append(conv_bn(c_in, width, stride=2))
+                c_in = width
+                continue
             layers += [conv_bn(c_in if i == 0 else width, width, pool=pool_early and i == depth - 1)
                        for i in range(depth)]
             if not pool_early:
