@@ -39,7 +39,11 @@ class Precision:
         return torch.autocast(torch.device(device).type, dtype=DTYPES[self.name])
 
     def scaler(self, device) -> torch.amp.GradScaler:
-        """fp16's gradient scaler (fp16 gradients underflow without it); a pass-through otherwise."""
+        """fp16's gradient scaler (fp16 gradients underflow without it); a pass-through otherwise.
+
+        On fp16 its `step` reads back whether the gradients overflowed: one host sync a step,
+        which bf16 (fp32's exponent range, no scaler) does not need.
+        """
         return torch.amp.GradScaler(torch.device(device).type, enabled=self.name == "fp16")
 
     def record(self) -> dict:
