@@ -53,6 +53,29 @@ def test_pool_early_is_the_same_function_when_batch_norm_scales_are_positive():
         assert torch.allclose(early.eval()(x), late.eval()(x), atol=1e-5)
 
 
+def test_a_cropped_network_ignores_the_border_and_sizes_its_head_from_the_crop():
+    torch.manual_seed(0)
+    model = models.build_model("bnnet", widths=(8, 16, 32), pool_early=True, crop=4).eval()
+    assert model.head.in_features == 32 * (20 >> 3) ** 2  # 28 - 2 * 4 = 20 -> 10 -> 5 -> 2
+    x = torch.randn(2, 1, 28, 28)
+    noisy = x.clone()
+    noisy[:, :, :4] = noisy[:, :, -4:] = 9.0  # only the cropped borders change
+    noisy[:, :, :, :4] = noisy[:, :, :, -4:] = 9.0
+    with torch.inference_mode():
+        assert torch.equal(model(x), model(noisy))
+        noisy[:, :, 4, 4] = 9.0  # the first pixel inside the crop does count
+        assert not torch.equal(model(x), model(noisy))
+
+
+def test_a_strided_stem_is_one_stride_2_conv_in_place_of_conv_and_pool():
+    torch.manual_seed(0)
+    model = models.build_model("bnnet", widths=(8, 16, 32), pool_early=True, stride_stem=True).eval()
+    stem = model.features[0]
+    assert stem[0].stride == (2, 2) and not any(isinstance(m, torch.nn.MaxPool2d) for m in stem)
+    assert stem(torch.randn(2, 1, 28, 28)).shape == (2, 8, 14, 14)  # as conv then 2x2 pool would give
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10) and model.head.in_features == 32 * 3 * 3
+
+
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         models.build_model("nope")

@@ -60,7 +60,8 @@ def cmd_data(args) -> int:
 
 def resolve_config(args):
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                 "limit_train": args.limit_train, "compile": args.compile or None, "ensemble": args.ensemble,
+                 "limit_train": args.limit_train, "compile": args.compile or None,
+                 "precision": args.precision, "ensemble": args.ensemble,
                  "samples_share": args.samples_share}
     if args.resume:  # the run's config with these flags applied; the job refuses those it cannot take
         import dataclasses

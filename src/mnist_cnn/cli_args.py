@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .convert import ARCHS
-from .recipes import RECIPES, FinetuneConfig, TrainConfig
+from .recipes import PRECISIONS, RECIPES, FinetuneConfig, TrainConfig
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 # Defaults whose owners import torch: spelled out in help text only, and checked against
@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int_in(1), metavar="N", help="train on the first N images only "
                    "(default: all)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--precision", choices=PRECISIONS, help="the training step's arithmetic: auto picks bf16 "
+                   "autocast on a CPU with AMX or AVX-512 BF16 and on a CUDA GPU with bf16 (fp16 on one without), "
+                   "else fp32; fp16 needs CUDA. Weights, evaluation and the saved model stay fp32 "
+                   "(default: the recipe's, auto)")
     p.add_argument("--ensemble", type=int_in(1), metavar="N", help="train N models (seeds S..S+N-1) and average "
                    "their probabilities (default: 1)")
     device(p)

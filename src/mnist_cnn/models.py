@@ -67,11 +67,11 @@ class ReferenceNet(nn.Module):
         return self.fc2(x)  # (B, 10) logits
 
 
-def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
+def conv_bn(c_in: int, c_out: int, pool: bool = False, stride: int = 1) -> nn.Sequential:
     # No conv bias: the batch norm that follows has its own shift. With `pool`, the
     # 2x2 max-pool comes straight after the conv, so batch norm and ReLU (and their
     # backward passes, memory-bound on a CPU) touch a quarter of the pixels.
-    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
     return nn.Sequential(conv, *([nn.MaxPool2d(2)] if pool else []), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
@@ -85,20 +85,30 @@ class BNNet(nn.Module):
     The head is either `flatten` (all pooled features into one linear layer: fastest
     to train) or `gap` (global average pooling, then linear: fewest parameters). No
     giant fully-connected layers either way, and every size is derived from `widths`.
+    With `stride_stem`, the first stage is one stride-2 conv instead of conv and pool: it
+    computes only the 14x14 outputs, and nothing of it touches a 28x28 map but its input.
+    `crop` pixels are cut from each border before the first conv: MNIST's digits sit in the
+    middle 20x20 box, so the borders are nearly always background, and every map shrinks.
     """
 
     def __init__(self, widths: tuple[int, ...] = (32, 64), depth: int = 1, head: str = "flatten",
-                 dropout: float = 0.0, pool_early: bool = False):
+                 dropout: float = 0.0, pool_early: bool = False, stride_stem: bool = False, crop: int = 0):
         super().__init__()
+        self.crop = crop
         layers, c_in = [], 1
-        for width in widths:
+        for stage, width in enumerate(widths):
+            if stage == 0 and stride_stem:  # (B, widths[0], 14, 14), as conv and pool would give
+                layers.append(conv_bn(c_in, width, stride=2))
+                c_in = width
+                continue
             layers += [conv_bn(c_in if i == 0 else width, width, pool=pool_early and i == depth - 1)
                        for i in range(depth)]
             if not pool_early:
                 layers.append(nn.MaxPool2d(2))
             c_in = width
         self.features = nn.Sequential(*layers)  # (B, widths[-1], side, side)
-        side = IMAGE_SIZE >> len(widths)  # each pool halves (and floors) the side: 28 -> 14 -> 7 -> 3
+        # Each pool (or the strided stem) halves and floors the side: 28 -> 14 -> 7 -> 3 (24 -> 12 -> 6 -> 3 cropped by 2).
+        side = (IMAGE_SIZE - 2 * crop) >> len(widths)
         if head not in ("flatten", "gap"):
             raise ConfigError(f"unknown head {head!r}; choose flatten or gap")
         self.head_kind = head
@@ -106,6 +116,8 @@ class BNNet(nn.Module):
         self.head = nn.Linear(c_in * side * side if head == "flatten" else c_in, NUM_CLASSES)
 
     def forward(self, x):
+        if self.crop:
+            x = x[:, :, self.crop:-self.crop, self.crop:-self.crop]  # (B, 1, 28 - 2 crop, 28 - 2 crop)
         x = self.features(x)
         x = x.flatten(1) if self.head_kind == "flatten" else x.mean(dim=(2, 3))  # (B, features)
         return self.head(self.dropout(x))  # (B, 10) logits

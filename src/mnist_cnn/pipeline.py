@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import checkpoint, data, distributed, models, training
+from . import checkpoint, data, distributed, models, precision, training
 from .evaluation import evaluate, fit_temperature, forward_label, predict_logits
 from .errors import ConfigError
 from .files import read_json, write_json
@@ -41,6 +41,8 @@ def train_run(cfg: TrainConfig, run_dir: Path, device, data_dir=None, resume: bo
         if samples is not None:
             raise ConfigError("a resumed run continues the training it started; it cannot take --samples")
         training.resume_changes(read_json(run_dir / "config.json", {}), cfg)
+    chosen = precision.resolve(cfg.precision, device)  # refuses fp16 on a CPU before anything is written
+    log(f"precision {chosen.name}: {chosen.reason}")  # training resolves it the same way, and records it
     with caller_rng(device):
         return _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, log, samples)
 
@@ -93,7 +95,7 @@ def _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, lo
                "test_images": test.n, "test_forward": forward_label(cfg.tta), "train_seconds": seconds,
                "epochs": cfg.epochs, "device": str(device), "world_size": distributed.world_size(),
                "val_accuracy": history.epochs[-1].get("val_acc") if history.epochs else None,
-               "val_forward": forward_label(False)}
+               "val_forward": forward_label(False), **history.precision}
     meta = checkpoint.model_metadata(cfg, metrics, temperature)
     if record is not None:
         metrics["samples"] = meta["samples"] = record

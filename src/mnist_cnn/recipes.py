@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adadelta", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # precision.py says what each means
 SCHEDULES = ("constant", "step", "onecycle", "cosine")
 
 
@@ -44,6 +45,7 @@ class TrainConfig:
     tta: bool = False  # test-time augmentation when evaluating
     channels_last: bool = False  # NHWC memory layout (faster convs on some CPUs/GPUs)
     compile: bool = False  # torch.compile the model (opt-in: compiling costs time up front)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: the training step's autocast (precision.py)
     val_size: int = 5000  # images carved from train for validation; 0 trains on all 60,000
     limit_train: int | None = None  # train on the first N images only (quick runs)
     log_every: int = 1000  # steps between logged lines
@@ -69,6 +71,7 @@ class TrainConfig:
             "limit_train": (self.limit_train is None or self.limit_train >= 1, ">= 1"),
             "log_every": (self.log_every >= 1, ">= 1"), "ensemble": (self.ensemble >= 1, ">= 1"),
             "samples_share": (0 < self.samples_share < 1, "in (0, 1)"),
+            "precision": (self.precision in PRECISIONS, " or ".join(PRECISIONS)),
         }
         bad = [f"{name} = {getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items() if not ok]
         if bad:
@@ -143,6 +146,34 @@ class FastConfig(TrainConfig):
     schedule: str = "onecycle"
     warmup: float = 0.2
     channels_last: bool = True
+
+
+@dataclass
+class FastestConfig(FastConfig):
+    """The CPU time-to-99% record: `fast`'s one epoch on a network that never computes a 28x28 map.
+
+    A step of `fast` on a CPU goes mostly to the convolutions and, on the first stage's 28x28
+    maps, to max-pooling and its backward pass (benchmarks/step_profile.py). Here the borders
+    are cropped (2 pixels a side: MNIST's digits sit in the middle 20x20), the first stage is
+    one stride-2 conv with 8 channels rather than conv and pool with 16, and the peak lr is
+    0.2: about half `fast`'s time per image, for the same 54,912 images (429 steps of 128).
+    Chosen on the validation split (5,000 images, seeds 0 and 1, one epoch; `fast` scored
+    98.82%): this recipe 98.90%; at lr 0.15, 98.82%; cropping 3 pixels, 98.55%; 4 pixels,
+    98.49%; uncropped, 98.81%; [8, 32, 48], 98.76%; batch 256 at lr 0.3, 98.72%; 33,000 or
+    45,000 images instead of an epoch, 98.43-98.67%. Over seeds 0-3: this recipe 98.86%,
+    `fast` 98.90%, batch 192 at lr 0.25 98.80% (dropped, though 12% cheaper per run: our rule
+    was to keep it only within 0.05 points of this recipe). torch.compile did not make a CPU
+    step faster.
+    Measured (2-core AMD EPYC CPU, 1 thread, under load from other jobs, one benchmark run):
+    99.12% mean test accuracy over 5 seeds (99.02-99.17; `fast` in the same run 99.15%), at
+    0.52x `fast`'s per-image cost (interleaved steps in one process); 6.05 MFLOP per image
+    per step against `fast`'s 11.32. Its quiet wall time is for the benchmark to measure.
+    """
+
+    recipe: str = "fastest"
+    model_args: dict = field(default_factory=lambda: {"widths": [8, 32, 64], "depth": 1, "head": "flatten",
+                                                      "pool_early": True, "stride_stem": True, "crop": 2})
+    lr: float = 0.2
 
 
 @dataclass
@@ -247,7 +278,7 @@ class FinetuneConfig:
 
 
 RECIPES: dict[str, type[TrainConfig]] = {
-    c.recipe: c for c in (SeedConfig, ReferenceConfig, FastConfig, DefaultConfig, BestConfig)
+    c.recipe: c for c in (SeedConfig, ReferenceConfig, FastestConfig, FastConfig, DefaultConfig, BestConfig)
 }
 
 

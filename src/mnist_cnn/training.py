@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint, distributed, models
+from . import checkpoint, distributed, models, precision
 from .augment import apply_augmentation, draw_augmentation, to_float
 from .data import MNIST
 from .errors import ConfigError
@@ -35,7 +35,7 @@ from .recipes import TrainConfig, normalization
 
 # Config fields that a resumed run may change (each resume records its changes in the history).
 # Any other change would make the rest of the run a different run from the one it continues.
-RESUMABLE = ("epochs", "lr", "compile", "log_every", "tta")
+RESUMABLE = ("epochs", "lr", "compile", "precision", "log_every", "tta")
 
 
 @dataclass
@@ -44,6 +44,7 @@ class History:
     epochs: list[dict] = field(default_factory=list)  # {epoch, val_acc, val_loss, seconds}
     seconds: float = 0.0  # wall time inside `train`, added up over every resumed segment
     resumes: list[dict] = field(default_factory=list)  # {epoch: where it resumed, changed: {field: [old, new]}}
+    precision: dict = field(default_factory=dict)  # {precision, precision_reason}: what `auto` chose, and why
 
 
 def lr_at(step: int, total_steps: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
@@ -99,21 +100,33 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[t
     return [perm[i * batch_size:(i + 1) * batch_size][rank::world] for i in range(full)]
 
 
+def ema_pairs(ema: nn.Module, model: nn.Module) -> tuple[list, list, list, list]:
+    """(EMA floats, model floats, EMA counters, model counters): the tensors `update_ema` updates, listed once."""
+    pairs = list(zip(ema.state_dict().values(), models.unwrap(model)[0].state_dict().values()))
+    floats = [(e, p) for e, p in pairs if e.dtype.is_floating_point]
+    counters = [(e, p) for e, p in pairs if not e.dtype.is_floating_point]  # such as BN's num_batches_tracked
+    return ([e for e, _ in floats], [p for _, p in floats], [e for e, _ in counters], [p for _, p in counters])
+
+
 @torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+def update_ema(ema: nn.Module | tuple, model: nn.Module | None, decay: float, step: int) -> None:
+    """Move the EMA weights toward the model's, in place; `ema` may be `ema_pairs`' lists (then `model` is unused)."""
     # Warm the decay up from 0: with a fixed 0.999 from step 0, the random initial
     # weights would still hold 0.999**2500 = 8% of the average after 2,500 steps.
     decay = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
-        if e.dtype.is_floating_point:
-            e.lerp_(p, 1 - decay)
-        else:  # counters such as BN's num_batches_tracked
-            e.copy_(p)
+    ema_f, model_f, ema_c, model_c = ema if isinstance(ema, tuple) else ema_pairs(ema, model)
+    torch._foreach_lerp_(ema_f, model_f, 1 - decay)  # one fused pass over every tensor, no allocation
+    if ema_c:
+        torch._foreach_copy_(ema_c, model_c)
 
 
 def train_one_epoch(model, optimizer, data: MNIST, cfg: TrainConfig, epoch: int, step: int, total_steps: int,
-                    steps_per_epoch: int, ema=None, on_step: Callable[[dict], None] | None = None) -> int:
+                    steps_per_epoch: int, ema=None, on_step: Callable[[dict], None] | None = None,
+                    prec: precision.Precision | None = None, scaler=None) -> int:
     """One pass over this rank's shard of a shuffled permutation; returns the next global step.
+
+    The forward pass and loss run under `prec`'s autocast (default: the config's, resolved here),
+    and backward through `scaler` (fp16's GradScaler; it carries over epochs, so `train` passes one).
 
     `on_step(row)` sees every step's {step, epoch, loss, acc, lr}. During the epoch, loss and acc
     are 0-d tensors on the device (reading one waits for the device: do it at log points only);
@@ -138,6 +151,9 @@ def train_one_epoch(model, optimizer, data: MNIST, cfg: TrainConfig, epoch: int,
     params = torch.stack(drawn).to(device) if drawn[0] is not None else [None] * len(batches)
     stats = torch.zeros(len(batches), 2, device=device)  # each step's loss and accuracy (%)
     global_batch = min(cfg.batch_size, len(data.train_x))
+    prec = prec or precision.resolve(cfg.precision, device)
+    scaler = scaler or prec.scaler(device)
+    pairs = ema_pairs(ema, model) if ema is not None else None
     rows = []
     model.train()
     for i, idx in enumerate(indices):
@@ -149,14 +165,16 @@ def train_one_epoch(model, optimizer, data: MNIST, cfg: TrainConfig, epoch: int,
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        with prec.autocast(device):  # weights stay fp32; autocast casts them for each op
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         # DDP averages gradients over ranks; weighting each rank's mean by its share
         # makes that the global batch's mean even when the batch splits unevenly.
-        (loss * (len(idx) * world / global_batch)).backward()
-        optimizer.step()
-        if ema is not None:
-            update_ema(ema, model, cfg.ema_decay, step)
+        scaler.scale(loss * (len(idx) * world / global_batch)).backward()
+        scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+        scaler.update()
+        if pairs is not None:
+            update_ema(pairs, None, cfg.ema_decay, step)
         with torch.no_grad():
             stats[i, 0] = loss.detach()
             stats[i, 1] = (logits.argmax(1) == y).float().mean() * 100
@@ -235,6 +253,9 @@ def _train(cfg, data, device, run_dir, resume, on_step, on_epoch):
     net = distributed.wrap(model)
     if cfg.compile:
         net = torch.compile(net)
+    prec = distributed.broadcast_object(precision.resolve(cfg.precision, device))  # every rank runs rank 0's
+    history.precision = prec.record()
+    scaler = prec.scaler(device)
     steps_per_epoch = max(1, len(data.train_x) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     mean, std = normalization(cfg)
@@ -247,7 +268,7 @@ def _train(cfg, data, device, run_dir, resume, on_step, on_epoch):
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         step = epoch * steps_per_epoch
-        train_one_epoch(net, optimizer, data, cfg, epoch, step, total_steps, steps_per_epoch, ema, record)
+        train_one_epoch(net, optimizer, data, cfg, epoch, step, total_steps, steps_per_epoch, ema, record, prec, scaler)
         for m in (model, ema):  # per-rank BN statistics -> the same model on every rank
             if m is not None:
                 distributed.average_buffers(m)
