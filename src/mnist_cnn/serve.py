@@ -288,8 +288,11 @@ def load_predictor(model=None, backend: str = "torch", device: str = "cpu", thre
     if backend == "onnx":  # from_path's loader, but with our thread count: 1 beat ORT's one-per-core at batch 1
         from .export import load_onnx
 
-        return predict.Predictor(*load_onnx(model, threads=threads), min_confidence=min_confidence)
-    return predict.Predictor.from_path(model, backend=backend, device=device, min_confidence=min_confidence)
+        predictor = predict.Predictor(*load_onnx(model, threads=threads), min_confidence=min_confidence)
+    else:
+        predictor = predict.Predictor.from_path(model, backend=backend, device=device, min_confidence=min_confidence)
+    predictor.reader  # loads the number reader now, not at the first "Several digits" request
+    return predictor
 
 
 WORKER_OPTIONS = "MNIST_CNN_SERVE_OPTIONS"  # how `run` hands load_predictor's arguments to worker processes
