@@ -9,6 +9,7 @@ normalization constants and the one MNIST-style preprocessing in `preprocess`.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from dataclasses import dataclass, field
@@ -194,7 +195,7 @@ class Predictor:
         """A written number -> its digits left to right, with each digit's confidence.
 
         Past `deadline` (a time.monotonic() value; None: none) it stops with segment.OutOfTime."""
-        if self.reader is not None:
+        if self._reader != "segment":
             return self._read_number(img, deadline)
         digits = segment.segment_digits(img, score=self._confidence, deadline=deadline)
         if not digits:
@@ -204,7 +205,9 @@ class Predictor:
         return NumberPrediction(text=text, digits=preds, status="ok" if "?" not in text else "unsure")
 
     def _read_number(self, img: Image.Image, deadline: float | None) -> NumberPrediction:
-        """The sequence reader's route: the whole line at once, each digit's 28x28 and box cut at its peak."""
+        """The sequence reader's route, checked by the ink's pieces: a piece that holds one digit of the reading
+        is that digit, cut cleanly, and the classifier reads it too; a piece that holds several (digits that
+        touch) is read by the sequence reader alone, each digit's 28x28 cut where its reading lies."""
         page = segment.number_page(img)
         if page is None:
             return NumberPrediction(text="", digits=[], status="empty")
@@ -214,29 +217,48 @@ class Predictor:
         if len(reading.peaks) > segment.MAX_DIGITS:
             raise segment.TooManyDigits(f"more than {segment.MAX_DIGITS} digits (read as {len(reading.peaks)}): "
                                         "the limit for one number")
+        blobs = [m for m, _ in segment.digit_blobs(page.labels, page.count)]
+        spans = [bbox(m)[2:] for m in blobs]
+        owner = [min(range(len(blobs)), key=lambda b: max(spans[b][0] - c, c - spans[b][1], 0)) for c in reading.centres]
         columns = np.arange(mask.shape[1])[None, :]
+        items = []  # (peak or None, the ink it is read from, whether that ink is the digit alone)
+        for b, blob in enumerate(blobs):
+            mine = [reading.peaks[i] for i, o in enumerate(owner) if o == b]
+            if len(mine) <= 1:
+                items.append((mine[0] if mine else None, blob, True))
+                continue
+            for peak in mine:
+                x0, x1 = reading.spans[reading.peaks.index(peak)]
+                part = blob & (columns >= x0) & (columns < x1)
+                items.append((peak, part if part.any() else blob, False))
+        classified = self.predict_arrays(torch.stack([preprocess.render(page, part) for _, part, _ in items]))
         preds, boxes = [], []
-        for peak, (x0, x1) in zip(reading.peaks, reading.spans):
-            part = mask & (columns >= x0) & (columns < x1)
-            part = part if part.any() else mask  # a digit read where its neighbour's ink is
-            y0, y1, bx0, bx1 = bbox(part)
-            boxes.append([bx0 * page.factor, y0 * page.factor, bx1 * page.factor, y1 * page.factor])
-            preds.append(self._read_digit(reading, peak, preprocess.render(page, part)))
+        for (peak, part, alone), seen in zip(items, classified):
+            y0, y1, x0, x1 = bbox(part)
+            boxes.append([x0 * page.factor, y0 * page.factor, x1 * page.factor, y1 * page.factor])
+            preds.append(self._read_digit(reading, peak, seen, alone))
         text = "".join("?" if p.digit is None else str(p.digit) for p in preds)
         status = "ok" if preds and "?" not in text else "unsure"
         return NumberPrediction(text=text, digits=preds, status=status, boxes=boxes)
 
-    def _read_digit(self, reading, peak, processed: torch.Tensor) -> Prediction:
-        probs = reading.probs[peak.frame, :10]
-        probs = probs / probs.sum().clamp_min(1e-12)  # over the ten digits (the blank's share is `peak.doubt`)
+    def _read_digit(self, reading, peak, seen: Prediction, alone: bool) -> Prediction:
+        """One digit of a number: the sequence reader's peak, and for a digit standing alone the classifier's
+        reading of it too (their probabilities multiplied: each is a check on the other)."""
+        if peak is None:  # ink the sequence reader read no digit in: the classifier's guess, never trusted
+            return dataclasses.replace(seen, digit=None, status="unsure",
+                                       reason="the number reader saw no digit in this piece of ink")
+        probs = reading.probs[peak.frame, :10].clamp_min(1e-6)
+        if alone and seen.probabilities:
+            probs = probs * torch.tensor(seen.probabilities).clamp_min(1e-6)
+        probs = probs / probs.sum()  # over the ten digits (the blank's share is `peak.doubt`)
         top_p, top_i = probs.topk(self.topk)
-        p = peak.probability
+        best, p = int(top_i[0]), float(top_p[0])
         reason = (f"its best probability, {p:.4g}, is below {self.min_confidence:g}" if p < self.min_confidence
                   else f"it may be two digits, or none ({peak.doubt:.2f} of doubt)" if peak.doubt > reader.MIN_COUNT
                   else None)
-        return Prediction(digit=None if reason else peak.digit, probability=p, probabilities=probs.tolist(),
+        return Prediction(digit=None if reason else best, probability=p, probabilities=probs.tolist(),
                           topk=[(int(i), float(q)) for i, q in zip(top_i, top_p)],
-                          status="unsure" if reason else "ok", processed=processed, reason=reason)
+                          status="unsure" if reason else "ok", processed=seen.processed, reason=reason)
 
 
 # ------------------------------------------------------------ many inputs

@@ -174,6 +174,7 @@ class Reading:
     peaks: list[Peak]
     probs: torch.Tensor  # (T, 11) per-frame probabilities
     spans: list[tuple[int, int]]  # each digit's page columns (working copy), ends exclusive
+    centres: list[float]  # each digit's peak, in page columns
     reason: str | None  # why the reading is unsure, or None
 
 
@@ -209,7 +210,8 @@ class NumberReader:
         edges = [0] + [(a.end + 1 + b.start) / 2 * stride for a, b in zip(peaks, peaks[1:])] + [line.image.shape[1]]
         spans = [(max(0, int(line.page_column(a))), min(mask.shape[1], math.ceil(line.page_column(b))))
                  for a, b in zip(edges, edges[1:])]
-        return Reading(peaks, probs, spans, unsure_reason(peaks))
+        centres = [line.page_column((p.frame + 0.5) * stride) for p in peaks]
+        return Reading(peaks, probs, spans, centres, unsure_reason(peaks))
 
 
 # ------------------------------------------------------------------ training
