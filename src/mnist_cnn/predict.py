@@ -9,7 +9,6 @@ normalization constants and the one MNIST-style preprocessing in `preprocess`.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 from dataclasses import dataclass, field
@@ -221,7 +220,10 @@ class Predictor:
         spans = [bbox(m)[2:] for m in blobs]
         owner = [min(range(len(blobs)), key=lambda b: max(spans[b][0] - c, c - spans[b][1], 0)) for c in reading.centres]
         columns = np.arange(mask.shape[1])[None, :]
-        items = []  # (peak or None, the ink it is read from, whether that ink is the digit alone)
+        # A piece of ink with one digit of the reading is that digit, whole; a piece with several is cut where
+        # the reading puts them (cutting it where the classifier is surest instead, and multiplying in its
+        # answers, read 81% and 69% of touching and overlapping numbers of validation digits, against 87% and 76%).
+        items = []  # (peak or None, the ink it is read from, whether that is the digit alone)
         for b, blob in enumerate(blobs):
             mine = [reading.peaks[i] for i, o in enumerate(owner) if o == b]
             if len(mine) <= 1:
@@ -244,9 +246,8 @@ class Predictor:
     def _read_digit(self, reading, peak, seen: Prediction, alone: bool) -> Prediction:
         """One digit of a number: the sequence reader's peak, and for a digit standing alone the classifier's
         reading of it too (their probabilities multiplied: each is a check on the other)."""
-        if peak is None:  # ink the sequence reader read no digit in: the classifier's guess, never trusted
-            return dataclasses.replace(seen, digit=None, status="unsure",
-                                       reason="the number reader saw no digit in this piece of ink")
+        if peak is None:  # a digit-sized piece the sequence reader missed (a faint or odd 0): the classifier's
+            return seen
         probs = reading.probs[peak.frame, :10].clamp_min(1e-6)
         if alone and seen.probabilities:
             probs = probs * torch.tensor(seen.probabilities).clamp_min(1e-6)
