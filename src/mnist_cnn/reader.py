@@ -41,16 +41,18 @@ MIN_COUNT = 0.4  # ... and so does a count that this much probability would chan
 
 @dataclass
 class ReaderConfig:
-    """How `mnist-cnn train-reader` trains the shipped number reader (`weights/reader.safetensors`).
+    """How `mnist-cnn train-reader` trains the shipped number reader (`weights/reader.safetensors`, 880 KB).
 
-    Measured (2-core AMD EPYC, 1 thread, machine shared with two other jobs): see the checkpoint's
-    metrics and docs/preprocessing.md for the steps, time and the reading of MNIST test numbers.
+    Measured (2-core AMD EPYC, 1 thread, the machine shared with two other jobs): 3,500 steps in 1,325 s;
+    its 500 validation lines (1-10 digits of the held-out training digits, mixed gaps) read exactly 92.8%
+    (count right 98.0%), from 80.4% at step 1,000 and 92.2% at 3,000. On numbers of MNIST test digits
+    see docs/preprocessing.md. Seed 0 with `steps` 3500 is the shipped reader.
     """
 
     recipe: str = "reader"
     model: str = "line_reader"
     model_args: dict = field(default_factory=lambda: {"widths": [24, 48, 80], "hidden": 128, "context": 2})
-    steps: int = 3000  # optimizer steps, each on `batch_size` fresh synthetic lines
+    steps: int = 3500  # optimizer steps, each on `batch_size` fresh synthetic lines
     batch_size: int = 32  # lines per step; every line of a step has the same number of digits
     max_digits: int = 10  # lines hold 1..max_digits digits
     lr: float = 3e-3  # AdamW peak, one-cycle (warm-up then cosine to 0)
