@@ -205,9 +205,10 @@ class Predictor:
         return NumberPrediction(text=text, digits=preds, status="ok" if "?" not in text else "unsure")
 
     def _read_number(self, img: Image.Image, deadline: float | None) -> NumberPrediction:
-        """The sequence reader's route, checked by the ink's pieces: a piece that holds one digit of the reading
-        is that digit, cut cleanly, and the classifier reads it too; a piece that holds several (digits that
-        touch) is read by the sequence reader alone, each digit's 28x28 cut where its reading lies."""
+        """The sequence reader over the whole line, with the ink's pieces: a piece that holds one digit of the
+        reading (or none: a faint or odd digit it missed) is that digit, whole, read by the classifier as before;
+        a piece that holds several (digits that touch) is read by the sequence reader, each digit's 28x28 and
+        box cut halfway between its neighbours' peaks."""
         page = segment.number_page(img)
         if page is None:
             return NumberPrediction(text="", digits=[], status="empty")
@@ -217,17 +218,20 @@ class Predictor:
         if len(reading.peaks) > segment.MAX_DIGITS:
             raise segment.TooManyDigits(f"more than {segment.MAX_DIGITS} digits (read as {len(reading.peaks)}): "
                                         "the limit for one number")
-        blobs = [m for m, _ in segment.digit_blobs(page.labels, page.count)]
+        pieces = segment.digit_blobs(page.labels, page.count)
+        blobs = [m for m, _ in pieces]
         spans = [bbox(m)[2:] for m in blobs]
         owner = [min(range(len(blobs)), key=lambda b: max(spans[b][0] - c, c - spans[b][1], 0)) for c in reading.centres]
         columns = np.arange(mask.shape[1])[None, :]
-        # A piece of ink with one digit of the reading is that digit, whole; a piece with several is cut where
-        # the reading puts them (cutting it where the classifier is surest instead, and multiplying in its
-        # answers, read 81% and 69% of touching and overlapping numbers of validation digits, against 87% and 76%).
+        # Chosen on evidence (benchmarks/number_reading.py, docs/preprocessing.md): the classifier reads a digit
+        # that stands alone better than the sequence reader (phone photos: 82% of numbers against 73% when the
+        # sequence reader read everything); cutting a touching piece where the classifier is surest, with the
+        # reader's count, read 81% and 69% of half-touching and overlapping numbers of validation digits,
+        # against 87% and 76% for the sequence reader's own digits.
         items = []  # (peak or None, the ink it is read from, whether that is the digit alone)
         for b, blob in enumerate(blobs):
             mine = [reading.peaks[i] for i, o in enumerate(owner) if o == b]
-            if len(mine) <= 1:
+            if len(mine) <= 1 or max(pieces[b][1]) == 1:  # a piece too narrow for two digits is one
                 items.append((mine[0] if mine else None, blob, True))
                 continue
             for peak in mine:
@@ -235,36 +239,27 @@ class Predictor:
                 part = blob & (columns >= x0) & (columns < x1)
                 items.append((peak, part if part.any() else blob, False))
         crops = torch.stack([preprocess.render(page, part) for _, part, _ in items])
-        # The classifier reads the digits that stand alone, without test-time augmentation: as a check on the
-        # sequence reader, 5 shifts cost most of a number's time (150 of 270 ms for 8 digits, on a busy CPU).
         alone = [i for i, (_, _, a) in enumerate(items) if a]
-        probs = self.logits(crops[alone], tta=False).float().softmax(1) if alone else None
-        checked = dict(zip(alone, (self._prediction(q, crops[i]) for q, i in zip(probs, alone)))) if alone else {}
+        classified = dict(zip(alone, self.predict_arrays(crops[alone]))) if alone else {}
         preds, boxes = [], []
         for i, (peak, part, _) in enumerate(items):
             y0, y1, x0, x1 = bbox(part)
             boxes.append([x0 * page.factor, y0 * page.factor, x1 * page.factor, y1 * page.factor])
-            preds.append(self._read_digit(reading, peak, crops[i], checked.get(i)))
+            preds.append(classified[i] if i in classified else self._read_digit(reading, peak, crops[i]))
         text = "".join("?" if p.digit is None else str(p.digit) for p in preds)
         status = "ok" if preds and "?" not in text else "unsure"
         return NumberPrediction(text=text, digits=preds, status=status, boxes=boxes)
 
-    def _read_digit(self, reading, peak, processed: torch.Tensor, seen: Prediction | None) -> Prediction:
-        """One digit of a number: the sequence reader's peak, and for a digit standing alone the classifier's
-        reading `seen` too (their probabilities multiplied: each is a check on the other)."""
-        if peak is None:  # a digit-sized piece the sequence reader missed (a faint or odd 0): the classifier's
-            return seen
-        probs = reading.probs[peak.frame, :10].clamp_min(1e-6)
-        if seen is not None:
-            probs = probs * torch.tensor(seen.probabilities).clamp_min(1e-6)
-        probs = probs / probs.sum()  # over the ten digits (the blank's share is `peak.doubt`)
+    def _read_digit(self, reading, peak, processed: torch.Tensor) -> Prediction:
+        """A digit the sequence reader read among touching ones: its peak's probabilities."""
+        probs = reading.probs[peak.frame, :10]
+        probs = probs / probs.sum().clamp_min(1e-12)  # over the ten digits (the blank's share is `peak.doubt`)
         top_p, top_i = probs.topk(self.topk)
-        best, p = int(top_i[0]), float(top_p[0])
+        p = float(top_p[0])
         reason = (f"its best probability, {p:.4g}, is below {self.min_confidence:g}" if p < self.min_confidence
                   else f"it may be two digits, or none ({peak.doubt:.2f} of doubt)" if peak.doubt > reader.MIN_COUNT
-                  else f"the number reader says {peak.digit}, the digit classifier {seen.topk[0][0]}"
-                  if seen is not None and seen.topk[0][0] != peak.digit else None)
-        return Prediction(digit=None if reason else best, probability=p, probabilities=probs.tolist(),
+                  else None)
+        return Prediction(digit=None if reason else peak.digit, probability=p, probabilities=probs.tolist(),
                           topk=[(int(i), float(q)) for i, q in zip(top_i, top_p)],
                           status="unsure" if reason else "ok", processed=processed, reason=reason)
 
