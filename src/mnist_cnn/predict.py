@@ -131,11 +131,10 @@ class Predictor:
                              "(--reader, or reader=)")
         return cls(model, meta, **kw)
 
-    def logits(self, x: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
-        """Logits (N, 10) on the CPU for MNIST-form uint8 images (N, 28, 28), by evaluation's forward
-        (with the checkpoint's test-time augmentation unless `tta` says otherwise)."""
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 10) on the CPU for MNIST-form uint8 images (N, 28, 28), by evaluation's forward."""
         return predict_logits(self.model, x.to(self.device), self.meta["mean"], self.meta["std"], batch_size=256,
-                              tta=self.tta if tta is None else tta).cpu()
+                              tta=self.tta).cpu()
 
     def predict_arrays(self, x, batch_size: int = 256) -> list[Prediction]:
         """MNIST-form images (N, 28, 28) -> one Prediction each.
