@@ -149,6 +149,8 @@ def main(argv=None) -> None:
     p.add_argument("--numbers", type=int, default=200, help="photos of numbers of 2-5 digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="checkpoint or run folder (default: the shipped model)")
+    p.add_argument("--reader", default="shipped", help="how numbers are read: a reader checkpoint, or segment "
+                   "(default: the shipped reader)")
     p.add_argument("--size", type=float, default=None, help="megapixels of every photo (default: 0.5-2 at random)")
     p.add_argument("--quick", action="store_true", help="a small run: 60 digits and 20 numbers")
     p.add_argument("--save-failures", metavar="DIR", help="write the wrong and declined photos here")
@@ -159,7 +161,7 @@ def main(argv=None) -> None:
     failures = Path(args.save_failures) if args.save_failures else None
     if failures:
         failures.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor.from_path(args.model)
+    predictor = Predictor.from_path(args.model, reader=args.reader)
     sources = photo_synth.load_sources()
     index: dict = {}
     start = time.perf_counter()

@@ -200,14 +200,31 @@ def test_a_photo_over_the_servers_pixel_limit_is_shrunk_by_the_page(page, predic
 def test_multi_digit_mode(page):
     ARTIFACTS.mkdir(exist_ok=True)
     page.check("#multi")
-    assert page.locator("#pad").evaluate("c => c.width / c.height") > 2
-    # "1", then "7", then "0" across the wide canvas (x fractions of a 5:2 canvas).
+    assert page.locator("#pad").evaluate("c => c.width / c.height") >= 2
+    # "1", then "7", then "0" across the wide canvas (x fractions of a 2:1 canvas).
     stroke(page, [(0.14, 0.15), (0.12, 0.85)])
     stroke(page, [(0.36, 0.2), (0.56, 0.2), (0.44, 0.85)])
     stroke(page, ellipse(0.8, 0.5, 0.09, 0.34))
     assert answer(page) == "170"
     assert page.locator("#digits li").count() == 3
     page.screenshot(path=str(ARTIFACTS / "serve-page-multi.png"), full_page=True)
+
+
+def test_a_touching_number_is_read_and_boxed(page):
+    """"1007" with every neighbour touching (the 0s overlap): one piece of ink, read as four digits."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.check("#multi")
+    stroke(page, [(0.148, 0.15), (0.143, 0.85)])
+    stroke(page, ellipse(0.25, 0.5, 0.085, 0.34))
+    stroke(page, ellipse(0.41, 0.5, 0.085, 0.34))
+    stroke(page, [(0.49, 0.2), (0.64, 0.2), (0.55, 0.85)])
+    got = answer(page)
+    page.screenshot(path=str(ARTIFACTS / "serve-page-touching.png"), full_page=True)
+    assert got == "1007"
+    assert page.locator("#digits li.ok").count() == 4
+    # The boxes are drawn on the overlay, never on the pad whose pixels are sent.
+    assert page.locator("#boxes").evaluate(
+        "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 == 3 && v > 0)")
 
 
 def test_a_correction_is_saved_from_the_page(browser, collecting_server, server):
@@ -256,6 +273,11 @@ def test_phone_layout(browser, server):
     assert pg.evaluate("document.documentElement.scrollWidth") <= 390
     ARTIFACTS.mkdir(exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / "serve-page-phone.png"), full_page=True)
+    pg.check("#multi")  # a number of ten digits needs the whole width (the panel left 324x130 px)
+    pad = pg.locator("#pad").bounding_box()
+    assert pad["width"] >= 385 and pad["height"] >= 190
+    assert pg.evaluate("document.documentElement.scrollWidth") <= 390
+    pg.screenshot(path=str(ARTIFACTS / "serve-page-phone-multi.png"), full_page=True)
     context.close()
 
 

@@ -29,7 +29,7 @@ SERVER = """
 import sys, uvicorn
 from mnist_cnn import serve
 limits = serve.Limits(work_timeout_s=float(sys.argv[2]))
-app = serve.create_app(serve.load_predictor(), limits=limits)
+app = serve.create_app(serve.load_predictor(reader=sys.argv[3] if len(sys.argv) > 3 else "shipped"), limits=limits)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", **serve.server_options(limits))
 """
 
@@ -64,12 +64,12 @@ def server():
     """Start a real server subprocess on a free loopback port: `server(work_timeout_s)` -> (url, pid)."""
     procs = []
 
-    def start(work_timeout_s: float = 10.0):
+    def start(work_timeout_s: float = 10.0, reader: str = "shipped"):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))  # noqa: E731
-        proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(work_timeout_s)], preexec_fn=cap)
+        proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(work_timeout_s), reader], preexec_fn=cap)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -120,10 +120,14 @@ def _client(predictor, **limits):
 
 def test_predict_number_stops_at_its_deadline(predictor):
     img = images.decode(bar_png(600, 30))  # about 23 touching digits: many seconds of cutting
+    cutting = Predictor(predictor.model, predictor.meta, reader="segment")
     t0 = time.monotonic()
     with pytest.raises(segment.OutOfTime):
-        predictor.predict_number(img, deadline=time.monotonic() + 0.3)
+        cutting.predict_number(img, deadline=time.monotonic() + 0.3)
     assert time.monotonic() - t0 < 1.5
+    t0 = time.monotonic()  # the sequence reader reads the whole bar in one pass: well within the deadline
+    predictor.predict_number(img, deadline=time.monotonic() + 1.0)
+    assert time.monotonic() - t0 < 1.0
 
 
 def test_a_batch_over_its_pixel_budget_gets_413_before_any_decoding(predictor, monkeypatch):
@@ -142,8 +146,9 @@ def test_a_batch_over_its_pixel_budget_gets_413_before_any_decoding(predictor, m
 
 @pytest.mark.slow  # waits out a timeout, then watches the CPU
 def test_work_stops_when_the_request_times_out(server):
-    """The thread used to run on for tens of seconds after the 503 (27 s of CPU for a 1000x30 bar)."""
-    url, pid = server(work_timeout_s=1.0)
+    """The thread used to run on for tens of seconds after the 503 (27 s of CPU for a 1000x30 bar). The
+    segmentation route's cuts are the costly work (the sequence reader reads the bar in one pass)."""
+    url, pid = server(work_timeout_s=1.0, reader="segment")
     r = httpx.post(url + "/api/predict?multi=true", content=bar_png(600, 30), headers={"content-type": "image/png"},
                    timeout=30)
     assert r.status_code == 503 and "took over 1 s" in r.json()["detail"]

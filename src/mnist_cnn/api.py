@@ -102,7 +102,9 @@ class Model:
         return None if digit is None else self.predictor.explain(digit, method)
 
     def read_number(self, x) -> NumberPrediction | list[NumberPrediction]:
-        """A written number (any picture `predict` takes) -> its digits left to right: `.text`, `.digits`."""
+        """A written number (any picture `predict` takes) -> its digits left to right: `.text`, `.digits` (each
+        with its confidence and 28x28), `.boxes` and `.status` ("unsure" when a digit or the count is in doubt).
+        Read by the shipped sequence reader unless `load(reader=...)` chose another."""
         if isinstance(x, (list, tuple)):
             return [self.read_number(item) for item in x]
         return self.predictor.predict_number(to_image(x))
@@ -132,19 +134,22 @@ def _mnist_form(x) -> torch.Tensor:
     return pixels.reshape(28, 28)
 
 
-def load(source=None, *, device="cpu", min_confidence: float = MIN_CONFIDENCE, topk: int = 3) -> Model:
+def load(source=None, *, device="cpu", min_confidence: float = MIN_CONFIDENCE, topk: int = 3,
+         reader="shipped") -> Model:
     """A model: None is the shipped one; else a run folder, a .safetensors or .onnx file, or "latest".
 
     "latest" is the newest finished run under runs/ (a UserError when there is none). An .onnx
-    file runs on ONNX Runtime (the optional extra `mnist-cnn[export]`), on the CPU.
+    file runs on ONNX Runtime (the optional extra `mnist-cnn[export]`), on the CPU. `reader` reads
+    written numbers (`read_number`): the shipped sequence reader, a `train-reader` checkpoint, or
+    "segment" (the ink cut into digits for the classifier).
     """
     path = runs.resolve(source) if source is not None else None
     if path is not None and path.suffix == ".onnx":
         from .export import load_onnx  # onnxruntime is an optional extra
 
-        predictor = Predictor(*load_onnx(path), min_confidence=min_confidence, topk=topk)
+        predictor = Predictor(*load_onnx(path), min_confidence=min_confidence, topk=topk, reader=reader)
     else:
-        predictor = Predictor.from_path(path, device=device, min_confidence=min_confidence, topk=topk)
+        predictor = Predictor.from_path(path, device=device, min_confidence=min_confidence, topk=topk, reader=reader)
     return Model(predictor, str(path or checkpoint.default_model_path()))
 
 

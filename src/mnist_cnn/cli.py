@@ -148,6 +148,31 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_train_reader(args) -> int:
+    import dataclasses
+
+    from . import checkpoint, data
+    from .files import write_json
+    from .reader import ReaderConfig, train_reader
+    from .runs import new_run_dir
+
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    cfg = ReaderConfig(**{k: v for k, v in overrides.items() if v is not None})
+    device = pick_device(args.device)
+    run_dir = Path(args.out or new_run_dir(cfg.recipe))
+    d = data.load_mnist(args.data_dir, val_size=cfg.val_size, device=device,
+                        log=lambda m: print(m, file=sys.stderr))
+    print(f"training the number reader: {cfg.steps} steps of {cfg.batch_size} synthetic lines of 1-{cfg.max_digits} "
+          f"MNIST training digits on {device} -> {run_dir}", flush=True)
+    model, history, meta = train_reader(cfg, d.train_x, d.train_y, d.val_x, d.val_y, log=lambda m: print(m, flush=True))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model, meta)
+    write_json(run_dir / checkpoint.HISTORY_NAME, {"steps": history, "config": dataclasses.asdict(cfg)})
+    print(f"validation lines read exactly: {meta['metrics']['val_exact']:.1f}%; use it: "
+          f"mnist-cnn predict --multi --reader {run_dir / checkpoint.WEIGHTS_NAME} IMAGE")
+    return 0
+
+
 def finetune_table(m: dict) -> str:
     """Before and after, on the held-out samples and the MNIST test set, for people."""
     def pct(v):
@@ -390,7 +415,7 @@ def cmd_predict(args) -> int:
     from .predict import Predictor, iter_inputs, predict_inputs
 
     predictor = Predictor.from_path(args.model, backend=args.backend, min_confidence=args.min_confidence,
-                                    topk=args.topk)
+                                    topk=args.topk, reader=args.reader or "shipped")
     if args.save_processed:
         try:
             args.save_processed.mkdir(parents=True, exist_ok=True)
@@ -478,7 +503,7 @@ def cmd_convert(args) -> int:
 
 # ------------------------------------------------------------------- parser
 
-COMMANDS = ("data", "train", "finetune", "samples", "evaluate", "runs", "compare", "export", "serve", "predict",
+COMMANDS = ("data", "train", "finetune", "train-reader", "samples", "evaluate", "runs", "compare", "export", "serve", "predict",
             "explain", "convert")
 
 
@@ -487,7 +512,7 @@ def build_parser():
     parser = cli_args.build_parser()
     for name, sub in cli_args.subcommands(parser).items():
         assert name in COMMANDS, name
-        sub.set_defaults(func=lambda args, name=name: globals()[f"cmd_{name}"](args))
+        sub.set_defaults(func=lambda args, name=name: globals()[f"cmd_{name.replace('-', '_')}"](args))
     return parser
 
 

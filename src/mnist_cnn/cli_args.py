@@ -283,6 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-db", type=Path, metavar="FILE", help=f"where --collect keeps samples (default: "
                    f"{SAMPLES_DB_HELP})")
 
+    p = command("train-reader", "train the sequence reader of written numbers (predict --multi) on synthetic "
+                "lines of MNIST training digits")
+    data_dir(p)
+    p.add_argument("--steps", type=int_in(1), metavar="N", help="optimizer steps, each on fresh lines "
+                   "(default: the reader recipe's)")
+    p.add_argument("--batch-size", type=int_in(1), metavar="N", help="lines per step (default: the recipe's)")
+    p.add_argument("--lr", type=positive, help="peak learning rate, AdamW one-cycle (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="seeds the weights and the lines (default: 0)")
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder (default: runs/reader-TIME)")
+    device(p)
+
     p = command("predict", "recognize digits in your own images (files, folders, globs, - for stdin)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders of images, globs, or - (stdin)")
     p.add_argument("--model", type=Path, metavar="CHECKPOINT", help="checkpoint, run folder or (onnx) .onnx file "
@@ -296,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    'looks like a digit)')
     p.add_argument("--save-processed", type=Path, metavar="DIR", help="write the 28x28 images the network saw")
     p.add_argument("--multi", action="store_true", help="read a number of several digits, left to right")
+    p.add_argument("--reader", metavar="CHECKPOINT", help="with --multi: a number reader from train-reader, or "
+                   "segment to cut the ink into digits for the classifier (default: the shipped reader)")
 
     p = command("explain", "show why the network reads a digit as it does: a figure of the input, where it looked, "
                 "what each convolution saw, and the probabilities")

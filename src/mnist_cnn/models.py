@@ -139,6 +139,38 @@ class Ensemble(nn.Module):
         return probs.clamp_min(1e-12).log()  # log of the averaged probabilities serves as logits
 
 
+class LineReader(nn.Module):
+    """A line of digits -> per-column logits over the 10 digits and a CTC blank (`reader.py` trains and reads it).
+
+    Input (B, 1, 28, W) for any width W (a number's ink scaled to MNIST's 20-px digit height); three
+    conv stages shrink the height 28 -> 7 and the width by `stride` only, so a narrow 1 still gets a
+    frame of its own and a blank between repeated digits; a (7, 1) conv folds the height, and dilated
+    1-D convs along the line let each frame see its neighbours (~3 digits: where one digit ends).
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 96), hidden: int = 128, context: int = 2):
+        super().__init__()
+        c1, c2, c3 = widths
+        self.features = nn.Sequential(
+            conv_bn(1, c1), nn.MaxPool2d(2),  # (B, c1, 14, W/2)
+            conv_bn(c1, c2), nn.MaxPool2d((2, 1)),  # (B, c2, 7, W/2)
+            conv_bn(c2, c3))  # (B, c3, 7, W/2)
+        side = IMAGE_SIZE // 2 // 2  # the height after two halvings: 28 -> 7
+        self.fold = nn.Sequential(nn.Conv2d(c3, hidden, (side, 1), bias=False), nn.BatchNorm2d(hidden),
+                                  nn.ReLU(inplace=True))  # (B, hidden, 1, W/2)
+        self.context = nn.Sequential(*[nn.Sequential(
+            nn.Conv1d(hidden, hidden, 3, padding=2 ** i, dilation=2 ** i, bias=False), nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True)) for i in range(context)])  # (B, hidden, W/2)
+        self.head = nn.Conv1d(hidden, NUM_CLASSES + 1, 1)  # the last class is the CTC blank
+
+    stride = 2  # input columns per output frame
+
+    def forward(self, x):
+        x = self.fold(self.features(x)).squeeze(2)  # (B, hidden, T) with T = W // 2
+        x = self.head(self.context(x))  # (B, 11, T)
+        return x.transpose(1, 2)  # (B, T, 11) logits
+
+
 class Calibrated(nn.Module):
     """A trained network whose logits are divided by a temperature fitted on validation data.
 
@@ -184,7 +216,10 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, float]:
             return model, temperature
 
 
-REGISTRY = {"seed": SeedNet, "reference": ReferenceNet, "bnnet": BNNet, "ensemble": Ensemble}
+
+
+REGISTRY = {"seed": SeedNet, "reference": ReferenceNet, "bnnet": BNNet, "ensemble": Ensemble,
+            "line_reader": LineReader}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
@@ -197,3 +232,4 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+

@@ -41,6 +41,17 @@ def check_deadline(deadline: float | None) -> None:
         raise OutOfTime("stopped at its deadline")
 
 
+def number_page(img: Image.Image) -> Page | None:
+    """The ink of a written number (None when there is none); TooManyDigits when it is in too many pieces."""
+    page = find_ink(img, several=True)
+    if page is None or page.count == 0:
+        return None
+    if page.count > 4 * MAX_DIGITS:
+        raise TooManyDigits(f"{page.count} separate pieces of ink: more than {MAX_DIGITS} digits "
+                            f"(the limit for one number), or not a written number")
+    return page
+
+
 def segment_digits(img: Image.Image, score=None, deadline: float | None = None) -> list[torch.Tensor]:
     """A written number -> its digits left to right, each in `to_mnist` form ([] when no ink).
 
@@ -48,12 +59,9 @@ def segment_digits(img: Image.Image, score=None, deadline: float | None = None) 
     (a classifier's confidence); touching digits are then cut where it is most confident.
     Past `deadline` (time.monotonic()), it stops with OutOfTime; over MAX_DIGITS, TooManyDigits.
     """
-    page = find_ink(img, several=True)
-    if page is None or page.count == 0:
+    page = number_page(img)
+    if page is None:
         return []
-    if page.count > 4 * MAX_DIGITS:
-        raise TooManyDigits(f"{page.count} separate pieces of ink: more than {MAX_DIGITS} digits "
-                            f"(the limit for one number), or not a written number")
     blobs = digit_blobs(page.labels, page.count)
     if (n := sum(counts[0] for _, counts in blobs)) > MAX_DIGITS:  # the likeliest reading
         raise TooManyDigits(f"more than {MAX_DIGITS} digits (read as {n}): the limit for one number")

@@ -282,14 +282,20 @@ def create_app(predictor, *, backend: str = "torch", limits: Limits = Limits(),
 
 
 def load_predictor(model=None, backend: str = "torch", device: str = "cpu", threads: int = 1,
-                   min_confidence: float = 0.5) -> predict.Predictor:
+                   min_confidence: float = 0.5, reader: str = "shipped") -> predict.Predictor:
     """The model, loaded once per server process; `threads` is ONNX Runtime's intra-op threads (1 is fastest
-    for small batches). torch's thread count is the process's, set by its edge (the CLI, `worker_app`)."""
+    for small batches). torch's thread count is the process's, set by its edge (the CLI, `worker_app`).
+    `reader` reads written numbers (multi=true): the shipped one, a checkpoint, or "segment"."""
     if backend == "onnx":  # from_path's loader, but with our thread count: 1 beat ORT's one-per-core at batch 1
         from .export import load_onnx
 
-        return predict.Predictor(*load_onnx(model, threads=threads), min_confidence=min_confidence)
-    return predict.Predictor.from_path(model, backend=backend, device=device, min_confidence=min_confidence)
+        predictor = predict.Predictor(*load_onnx(model, threads=threads), min_confidence=min_confidence,
+                                      reader=reader)
+    else:
+        predictor = predict.Predictor.from_path(model, backend=backend, device=device, min_confidence=min_confidence,
+                                                reader=reader)
+    predictor.reader  # loads the number reader now, not at the first "Several digits" request
+    return predictor
 
 
 WORKER_OPTIONS = "MNIST_CNN_SERVE_OPTIONS"  # how `run` hands load_predictor's arguments to worker processes

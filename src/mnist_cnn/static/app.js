@@ -3,11 +3,12 @@
 "use strict";
 
 const DEBOUNCE_MS = 150;  // live prediction while drawing, without a request per pointer move
-const SIZES = { single: [280, 280], multi: [700, 280] };  // canvas pixels; CSS scales it to the screen
+const SIZES = { single: [280, 280], multi: [800, 400] };  // canvas pixels; CSS scales it to the screen
 
 const $ = (id) => document.getElementById(id);
 const pad = $("pad");
 const ctx = pad.getContext("2d");
+const boxes = $("boxes");  // an overlay: where the digits of a number were read
 const result = $("result");
 
 let strokes = [];       // [{width, points: [[x, y], ...]}]; Undo pops one and redraws the rest
@@ -58,7 +59,9 @@ pad.addEventListener("pointerdown", (ev) => {
   if (ev.button !== 0 || current) return;  // one stroke at a time: a second finger is ignored
   ev.preventDefault();
   pad.setPointerCapture(ev.pointerId);
-  current = { id: ev.pointerId, width: Number($("brush").value) * pad.height / 280, points: [toCanvas(ev)] };
+  // A number's pad is wider and its digits smaller: half the brush keeps strokes as thick, for their size, as MNIST's.
+  const brush = Number($("brush").value) * pad.height / (multiMode() ? 560 : 280);
+  current = { id: ev.pointerId, width: brush, points: [toCanvas(ev)] };
   strokes.push(current);
   drawStroke(current);
   $("upload-box").hidden = true;
@@ -114,8 +117,8 @@ document.addEventListener("keydown", (ev) => {
 
 $("multi").addEventListener("change", () => {
   const [w, h] = SIZES[multiMode() ? "multi" : "single"];
-  pad.width = w;
-  pad.height = h;
+  pad.width = boxes.width = w;
+  pad.height = boxes.height = h;
   pad.classList.toggle("wide", multiMode());
   strokes = [];
   redraw();
@@ -151,7 +154,7 @@ async function send(blob, name) {
     const body = await res.json().catch(() => ({ detail: `HTTP ${res.status}` }));
     if (id !== seq) return;
     if (!res.ok) throw new Error(typeof body.detail === "string" ? body.detail : `HTTP ${res.status}`);
-    if (body.text !== undefined) { showNumber(body); explainPanel.clear(); }
+    if (body.text !== undefined) { showNumber(body, name === "drawing.png"); explainPanel.clear(); }
     else { showDigit(body, { blob, name }); explainPanel.update(blob, name); }
   } catch (err) {
     if (id === seq) showError(err.message);
@@ -225,6 +228,7 @@ function showIdle() {
   showPreview(null);
   $("bars").replaceChildren();
   $("digits-box").hidden = true;
+  drawBoxes(null);
   result.dataset.pending = "false";
 }
 
@@ -239,6 +243,7 @@ function showPreview(dataUrl) {
 
 function showDigit(p, image) {
   $("digits-box").hidden = true;
+  drawBoxes(null);
   showPreview(p.processed_png);
   if (p.status === "empty") {
     setState("empty", "–", "No ink found: draw a digit.");
@@ -314,8 +319,20 @@ function drawBars(probs, top) {
   }));
 }
 
-function showNumber(n) {
+function drawBoxes(n) {
+  const c = boxes.getContext("2d");
+  c.clearRect(0, 0, boxes.width, boxes.height);
+  if (!n) return;
+  c.lineWidth = Math.max(2, boxes.height / 150);
+  (n.boxes || []).forEach(([x0, y0, x1, y1], i) => {
+    c.strokeStyle = n.digits[i].status === "ok" ? "#2a7" : "#d80";
+    c.strokeRect(x0 - 4, y0 - 4, x1 - x0 + 8, y1 - y0 + 8);
+  });
+}
+
+function showNumber(n, drawn) {
   showCorrection(null);  // a number's digits are not corrected one by one
+  drawBoxes(drawn ? n : null);  // an upload's boxes would be in its own pixels, not the pad's
   $("bars").replaceChildren();
   showPreview(null);
   $("digits-box").hidden = !n.digits.length;

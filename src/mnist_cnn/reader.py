@@ -1,0 +1,302 @@
+"""Reading a whole written number: a sequence model over the line of ink, trained with CTC loss.
+
+Connected components cannot part digits whose ink touches; this reader never parts them. The number's
+ink is scaled to MNIST's digit height (a 28-px strip of any width) and `models.LineReader` gives, per
+two columns, the probabilities of the ten digits and of "no new digit here" (the CTC blank). A greedy
+decode reads the digits at their peaks; each digit's confidence is its peak's probability, and a
+number is unsure when a digit is low or the count is unclear (a peak where the blank nearly won, or a
+blank between two peaks that nearly did not). It is trained on synthetic lines of MNIST training
+digits (`lines.py`); its validation lines are made of the validation split's digits.
+
+    mnist-cnn train-reader --steps 3000 --out runs/reader
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint, models
+from .data import MNIST_MEAN, MNIST_STD
+from .errors import ConfigError
+from .imageops import bbox, dilate, stroke_width
+from .lines import FIELD, PAD, make_lines, thicken
+from .preprocess import FLOOR, STROKE, THIN, Page
+from .segment import MAX_DIGITS, TooManyDigits
+
+BLANK = models.NUM_CLASSES  # the CTC blank is the last of LineReader's 11 classes
+MIN_DIGIT = 0.5  # a digit whose peak probability is below this makes the number unsure
+MIN_COUNT = 0.4  # ... and so does a count that this much probability would change: the blank at a peak,
+# or a digit in the blank valley between two equal peaks. Chosen on numbers of MNIST validation digits:
+# 0.2 made 11-17% of them unsure (half of those read right), 0.4 made 4-7% unsure
+
+
+@dataclass
+class ReaderConfig:
+    """How `mnist-cnn train-reader` trains the shipped number reader (`weights/reader.safetensors`, 880 KB).
+
+    Measured (2-core AMD EPYC, 1 thread, the machine shared with two other jobs): 3,500 steps in 1,325 s;
+    its 500 validation lines (1-10 digits of the held-out training digits, mixed gaps) read exactly 92.8%
+    (count right 98.0%), from 80.4% at step 1,000 and 92.2% at 3,000. On numbers of MNIST test digits
+    see docs/preprocessing.md. Seed 0 with `steps` 3500 is the shipped reader.
+    """
+
+    recipe: str = "reader"
+    model: str = "line_reader"
+    model_args: dict = field(default_factory=lambda: {"widths": [24, 48, 80], "hidden": 128, "context": 2})
+    steps: int = 3500  # optimizer steps, each on `batch_size` fresh synthetic lines
+    batch_size: int = 32  # lines per step; every line of a step has the same number of digits
+    max_digits: int = 10  # lines hold 1..max_digits digits
+    lr: float = 3e-3  # AdamW peak, one-cycle (warm-up then cosine to 0)
+    warmup: float = 0.1  # fraction of steps warming up
+    weight_decay: float = 1e-4
+    val_size: int = 5000  # MNIST training images held out: validation lines are made of them only
+    val_lines: int = 500  # validation lines (lengths 1..max_digits, mixed gaps), read every `log_every` steps
+    log_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = {"steps": self.steps >= 1, "batch_size": self.batch_size >= 1,
+                  "max_digits": 1 <= self.max_digits <= 32, "lr": self.lr > 0, "warmup": 0 <= self.warmup < 1,
+                  "weight_decay": self.weight_decay >= 0, "val_size": 0 < self.val_size < 60000,
+                  "val_lines": self.val_lines >= 1, "log_every": self.log_every >= 1}
+        bad = [f"{k} = {getattr(self, k)!r}" for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid reader config: {'; '.join(bad)}")
+
+
+def default_reader_path() -> Path:
+    """The small number reader shipped inside the package."""
+    return Path(str(resources.files("mnist_cnn") / "weights" / "reader.safetensors"))
+
+
+HEIGHT = 20  # a line's ink is scaled to MNIST's digit height (the 20-px box), in a 28-px strip
+MAX_WIDTH = 32 * 2 * FIELD  # line columns: room for segment.MAX_DIGITS wide digits far apart
+
+
+# ------------------------------------------------------------------ the line
+
+
+@dataclass
+class Line:
+    """A number's ink as the reader sees it, and where its columns lie on the page."""
+
+    image: torch.Tensor  # (28, W) float in [0, 1], white ink on black
+    x0: float  # the page column (working copy) of line column PAD
+    scale: float  # line pixels per page pixel
+
+    def page_column(self, c: float) -> float:
+        return self.x0 + (c - PAD) / self.scale
+
+
+def line_image(page: Page, mask: np.ndarray) -> Line:
+    """The ink under `mask` as one line: its height scaled to HEIGHT and centred in 28 rows, grey levels as
+    `preprocess.render` keeps them, strokes thickened when a fine pen would vanish in the scaling."""
+    y0, y1, x0, x1 = bbox(mask)
+    scale = HEIGHT / max(1, y1 - y0)
+    r = max(1, math.ceil(1 / scale))  # about one line pixel of anti-aliased edge
+    hs, ws = mask.shape
+    y0, y1, x0, x1 = max(0, y0 - r), min(hs, y1 + r), max(0, x0 - r), min(ws, x1 + r)
+    v = np.clip((page.ink[y0:y1, x0:x1] / page.level - FLOOR) / (1 - FLOOR), 0, 1) * dilate(mask[y0:y1, x0:x1], r)
+    width = stroke_width(mask[y0:y1, x0:x1]) * scale
+    if width < THIN * STROKE and (grow := round((STROKE - width) / 2 / scale)) >= 1:
+        v = dilate(v.astype(np.float32), grow)
+    out_h = max(1, round((y1 - y0) * scale))
+    out_w = max(1, round((x1 - x0) * scale))
+    if out_w > MAX_WIDTH:
+        raise TooManyDigits(f"more than {MAX_DIGITS} digits: this ink is too long for one number")
+    small = F.interpolate(torch.from_numpy(v.astype(np.float32))[None, None], size=(out_h, out_w),
+                          mode="area" if scale < 1 else "bilinear")[0, 0].clamp(0, 1)
+    image = torch.zeros(FIELD, out_w + 2 * PAD)
+    top = max(0, (FIELD - out_h) // 2)
+    image[top:top + min(out_h, FIELD), PAD:PAD + out_w] = small[:FIELD]
+    return Line(image, float(x0), scale)
+
+
+# ------------------------------------------------------------------ decode
+
+
+@dataclass
+class Peak:
+    digit: int
+    probability: float  # the digit's probability at its peak frame
+    frame: int  # the peak frame (x = (frame + 0.5) * stride in line columns)
+    start: int  # the digit's first and last frame (where it won over the blank and other digits)
+    end: int
+    doubt: float  # how much probability would change the count here (0: none)
+
+
+def greedy_decode(probs: torch.Tensor) -> list[Peak]:
+    """Per-frame probabilities (T, 11) -> the digits read: best class per frame, repeats merged, blanks dropped.
+
+    Each run of frames won by one digit is a digit; its peak is its most probable frame. The count's
+    doubt is the blank's probability at that peak, or, for a blank run between two runs of the same
+    digit, how close the best frame of the valley came to that digit (it could have been one digit).
+    """
+    best = probs.argmax(1).tolist()
+    peaks: list[Peak] = []
+    t = 0
+    while t < len(best):
+        c, end = best[t], t
+        while end + 1 < len(best) and best[end + 1] == c:
+            end += 1
+        if c != BLANK:
+            run = probs[t:end + 1, c]
+            k = t + int(run.argmax())
+            peaks.append(Peak(c, float(run.max()), k, t, end, float(probs[k, BLANK])))
+        t = end + 1
+    for a, b in zip(peaks, peaks[1:]):  # a blank valley between two runs of one digit: one digit or two?
+        if a.digit == b.digit:
+            valley = float(probs[a.end + 1:b.start, a.digit].max()) if b.start > a.end + 1 else 1.0
+            b.doubt = max(b.doubt, valley)
+    return peaks
+
+
+def unsure_reason(peaks: list[Peak]) -> str | None:
+    """Why this reading is not to be trusted, or None."""
+    low = [p for p in peaks if p.probability < MIN_DIGIT]
+    if low:
+        return f"digit {peaks.index(low[0]) + 1} is uncertain ({low[0].probability:.2f})"
+    if any(p.doubt > MIN_COUNT for p in peaks):
+        return "the number of digits is unclear"
+    return None
+
+
+@dataclass
+class Reading:
+    """What the reader made of one line: its digits at their peaks, with the page columns of each."""
+
+    peaks: list[Peak]
+    probs: torch.Tensor  # (T, 11) per-frame probabilities
+    spans: list[tuple[int, int]]  # each digit's page columns (working copy), ends exclusive
+    centres: list[float]  # each digit's peak, in page columns
+    reason: str | None  # why the reading is unsure, or None
+
+
+class NumberReader:
+    """A trained LineReader and its metadata: a page's ink in, the digits read out."""
+
+    def __init__(self, model, meta: dict):
+        self.model, self.meta = model, meta
+
+    @classmethod
+    def from_path(cls, path=None, device="cpu") -> "NumberReader":
+        """The shipped reader by default, or a checkpoint that `train-reader` wrote."""
+        model, meta = checkpoint.load_model(path or default_reader_path(), device)
+        if meta.get("arch") != "line_reader":
+            raise checkpoint.CheckpointError(f"{path}: a {meta.get('arch')!r} digit classifier, not a number "
+                                             "reader (train one with mnist-cnn train-reader)")
+        return cls(model, meta)
+
+    @torch.inference_mode()
+    def probabilities(self, line: torch.Tensor) -> torch.Tensor:
+        """A line (28, W) in [0, 1] -> per-frame probabilities (W // 2, 11)."""
+        device = next(self.model.parameters()).device
+        x = (line.to(device) - self.meta["mean"]) / self.meta["std"]
+        return self.model(x[None, None])[0].float().softmax(1).cpu()
+
+    def read(self, page: Page, mask: np.ndarray) -> Reading:
+        """Read the ink under `mask` as one line of digits."""
+        line = line_image(page, mask)
+        probs = self.probabilities(line.image)
+        peaks = greedy_decode(probs)
+        stride = models.LineReader.stride
+        # A digit's columns reach halfway into the blank frames on either side of it.
+        edges = [0] + [(a.end + 1 + b.start) / 2 * stride for a, b in zip(peaks, peaks[1:])] + [line.image.shape[1]]
+        spans = [(max(0, int(line.page_column(a))), min(mask.shape[1], math.ceil(line.page_column(b))))
+                 for a, b in zip(edges, edges[1:])]
+        centres = [line.page_column((p.frame + 0.5) * stride) for p in peaks]
+        return Reading(peaks, probs, spans, centres, unsure_reason(peaks))
+
+
+# ------------------------------------------------------------------ training
+
+
+def lr_at(step: int, cfg: ReaderConfig) -> float:
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
+
+
+def normalize(lines: torch.Tensor) -> torch.Tensor:
+    """Lines (B, 28, W) in [0, 1] -> the network's input (B, 1, 28, W), as MNIST digits are normalized."""
+    return ((lines - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+
+
+def val_set(x: torch.Tensor, y: torch.Tensor, cfg: ReaderConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed validation lines (one per draw, so each has its own width) made of the held-out digits."""
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    out = []
+    for i in range(cfg.val_lines):
+        lines, labels, _ = make_lines(x, y, 1, 1 + i % cfg.max_digits, g)
+        out.append((lines[0], labels[0]))
+    return out
+
+
+@torch.inference_mode()
+def evaluate_lines(model, lines: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Exact-line and count accuracy of greedy readings (%)."""
+    model.eval()
+    device = next(model.parameters()).device
+    exact = counted = 0
+    for line, label in lines:
+        peaks = greedy_decode(model(normalize(line[None].to(device)))[0].softmax(1).cpu())
+        exact += [p.digit for p in peaks] == label.tolist()
+        counted += len(peaks) == len(label)
+    return {"exact": 100 * exact / len(lines), "count": 100 * counted / len(lines)}
+
+
+def train_one_step(model, opt, lines, labels, ctc) -> float:
+    model.train()
+    log_probs = model(normalize(lines)).log_softmax(2).transpose(0, 1)  # (T, B, 11)
+    t, b = log_probs.shape[:2]
+    loss = ctc(log_probs, labels, torch.full((b,), t, dtype=torch.long),
+               torch.full((b,), labels.shape[1], dtype=torch.long))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m: None):
+    """Train a LineReader on synthetic lines of (train_x, train_y); -> (model, history, metadata)."""
+    device = train_x.device  # lines are made on the CPU (cheap next to the network) and moved there
+    train_x, train_y, val_x, val_y = (t.cpu() for t in (train_x, train_y, val_x, val_y))
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's generator left as it was
+        torch.manual_seed(cfg.seed)
+        model = models.build_model(cfg.model, **cfg.model_args).to(device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ctc = torch.nn.CTCLoss(blank=BLANK, zero_infinity=True)
+    val = val_set(val_x, val_y, cfg)
+    history, t0, losses = [], time.perf_counter(), []
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        length = int(torch.randint(1, cfg.max_digits + 1, (1,), generator=g))
+        lines, labels, _ = make_lines(train_x, train_y, cfg.batch_size, length, g)
+        losses.append(train_one_step(model, opt, thicken(lines, g).to(device), labels.to(device), ctc))
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            row = {"step": step + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
+                   **{f"val_{k}": v for k, v in evaluate_lines(model, val).items()}}
+            history.append(row)
+            losses = []
+            log(f"step {row['step']}: loss {row['loss']:.3f}, validation lines exact {row['val_exact']:.1f}%, "
+                f"count {row['val_count']:.1f}% ({row['seconds']:.0f} s)")
+    model.eval().cpu()
+    metrics = {"val_exact": history[-1]["val_exact"], "val_count": history[-1]["val_count"],
+               "train_seconds": history[-1]["seconds"]}
+    meta = checkpoint.make_metadata(cfg.model, cfg.model_args, MNIST_MEAN, MNIST_STD, dataclasses.asdict(cfg),
+                                    metrics)
+    meta["input"] = "(B, 1, 28, W) float32: a line of white ink on black, uint8 / 255, then (x - mean) / std"
+    meta["output"] = "(B, W // 2, 11) logits: the 10 digits, then the CTC blank"
+    return model, history, meta

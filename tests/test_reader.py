@@ -1,0 +1,175 @@
+"""The number reader: CTC decoding on hand-made probabilities, its checkpoint, and the shipped reader on
+touching numbers of known MNIST test digits.
+
+tests/data/mnist_test_digits.png holds 20 MNIST test digits side by side: two of each digit, 0 to 9
+(test indices 3, 10 | 2, 5 | 1, 35 | 18, 30 | 4, 6 | 8, 15 | 11, 21 | 0, 17 | 61, 84 | 7, 9).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_cnn import checkpoint, data, images, models, reader
+from mnist_cnn.cli import main
+from mnist_cnn.lines import make_lines
+from mnist_cnn.predict import Predictor
+
+DIGITS = Path(__file__).parent / "data" / "mnist_test_digits.png"
+B = reader.BLANK
+
+
+def frames(*classes, p: float = 0.98) -> torch.Tensor:
+    """Per-frame probabilities (T, 11): each frame's class at p, the rest shared by the others."""
+    out = torch.full((len(classes), 11), (1 - p) / 10)
+    out[torch.arange(len(classes)), torch.tensor(classes)] = p
+    return out
+
+
+def test_greedy_decode_merges_repeats_and_drops_blanks():
+    peaks = reader.greedy_decode(frames(B, 3, 3, B, 3, B, B, 5, 5, 5, B))
+    assert [p.digit for p in peaks] == [3, 3, 5]
+    assert [(p.start, p.end) for p in peaks] == [(1, 2), (4, 4), (7, 9)]
+    assert [p.digit for p in reader.greedy_decode(frames(7, 7, 7))] == [7]  # a repeat without a blank: one digit
+    assert reader.greedy_decode(frames(B, B)) == []
+    assert reader.unsure_reason(peaks) is None
+
+
+def test_a_low_peak_or_an_unclear_count_is_unsure():
+    low = frames(B, 4, B)
+    low[1, 4], low[1, 9] = 0.45, 0.44  # a 4 or a 9
+    assert "uncertain" in reader.unsure_reason(reader.greedy_decode(low))
+    shaky = frames(B, 1, B)
+    shaky[1, 1], shaky[1, B] = 0.52, 0.47  # a 1, or nothing at all
+    assert "number of digits" in reader.unsure_reason(reader.greedy_decode(shaky))
+    valley = frames(B, 8, B, 8, B)
+    valley[2, 8], valley[2, B] = 0.45, 0.54  # one wide 8, or two
+    assert "number of digits" in reader.unsure_reason(reader.greedy_decode(valley))
+
+
+def test_synthetic_lines_hold_their_digits_left_to_right():
+    x = torch.zeros(10, 28, 28, dtype=torch.uint8)
+    for k in range(10):  # digit k: a bar k+1 pixels wide, so each one's width tells it apart
+        x[k, 4:24, 10:11 + k] = 255
+    g = torch.Generator().manual_seed(0)
+    lines, labels, centres = make_lines(x, torch.arange(10), 3, 4, g, gaps="apart")
+    assert lines.shape[:2] == (3, 28) and labels.shape == (3, 4) and lines.min() >= 0 and lines.max() <= 1
+    assert (centres.diff(dim=1) > 0).all()  # left to right
+    for line, label in zip(lines, labels):  # apart: 4 separate bars, as wide as their digits (within the zoom)
+        cols = (line > 0.5).any(0).int()
+        runs = torch.nonzero(cols.diff() == 1).flatten()
+        assert len(runs) == 4
+
+
+def test_a_reader_checkpoint_loads_through_load_model_and_gives_the_same_logits(tmp_path):
+    torch.manual_seed(0)
+    args = {"widths": [4, 8, 8], "hidden": 8, "context": 1}
+    net = models.build_model("line_reader", **args).eval()
+    meta = checkpoint.make_metadata("line_reader", args, data.MNIST_MEAN, data.MNIST_STD, {"recipe": "reader"})
+    checkpoint.save_model(tmp_path / "r.safetensors", net, meta)
+    loaded = reader.NumberReader.from_path(tmp_path / "r.safetensors")
+    line = torch.rand(28, 90)
+    with torch.inference_mode():
+        assert torch.equal(net(reader.normalize(line[None])), loaded.model(reader.normalize(line[None])))
+    assert loaded.probabilities(line).shape == (45, 11)
+    with pytest.raises(checkpoint.CheckpointError, match="not a number reader"):
+        reader.NumberReader.from_path(checkpoint.default_model_path())
+    with pytest.raises(ValueError, match="number reader"):
+        Predictor.from_path(tmp_path / "r.safetensors")
+
+
+def test_the_shipped_reader_is_small_and_describes_itself():
+    path = reader.default_reader_path()
+    assert path.stat().st_size <= 2 * 2**20
+    r = reader.NumberReader.from_path()
+    assert r.meta["config"]["recipe"] == "reader" and r.meta["metrics"]["val_exact"] > 80
+
+
+# ------------------------------------------------ the shipped reader on known digits
+
+
+def known_digits() -> dict[int, list[np.ndarray]]:
+    strip = np.asarray(Image.open(DIGITS))
+    tiles = [strip[:, 28 * i:28 * (i + 1)] for i in range(20)]
+    return {d: tiles[2 * d:2 * d + 2] for d in range(10)}
+
+
+def number_png(text: str, overlap: float, scale: int = 5, which: int = 0) -> bytes:
+    """Dark ink on white: the digits of `text`, each cropped to its ink, neighbours overlapping by `overlap`
+    of the narrower one's width (negative: apart by that many pixels)."""
+    tiles = known_digits()
+    seen: dict[str, int] = {}
+    crops = []
+    for ch in text:
+        tile = tiles[int(ch)][(seen.get(ch, 0) + which) % 2]
+        seen[ch] = seen.get(ch, 0) + 1
+        cols = np.nonzero(tile.max(0))[0]
+        crops.append(tile[:, cols[0]:cols[-1] + 1].astype(np.float32) / 255)
+    width = sum(c.shape[1] for c in crops) + 40
+    line = np.zeros((48, width), dtype=np.float32)
+    x = 10.0
+    for i, c in enumerate(crops):
+        region = line[10:38, int(x):int(x) + c.shape[1]]
+        np.maximum(region, c, out=region)
+        nxt = crops[i + 1] if i + 1 < len(crops) else c
+        x += c.shape[1] - (overlap * min(c.shape[1], nxt.shape[1]) if overlap >= 0 else overlap)
+    big = Image.fromarray(np.round(255 * (1 - line)).astype(np.uint8)).resize((width * scale, 48 * scale),
+                                                                             Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Predictor.from_path()
+
+
+# (number, overlap as a share of the narrower digit, which of the two samples of each digit). The
+# segmentation route reads the overlapping ones as 2226, 226, 828, 04286789 and 023407689, and the touching
+# 0123456789 as 01234656789. (The second 0123456789 at 0.15 is read 023456789: its "01" is one piece too
+# narrow for two digits, which the route keeps as one, as the phone photos need.)
+TOUCHING = [("2026", 0.0, 0), ("2026", 0.15, 1), ("2026", 0.2, 1), ("808", 0.0, 0), ("808", 0.2, 1),
+            ("0123456789", 0.0, 0), ("0123456789", 0.1, 1), ("0123456789", 0.2, 0), ("0123456789", 0.2, 1),
+            ("5550123487", 0.0, 0), ("5550123487", 0.0, 1)]
+
+
+@pytest.mark.parametrize("text, overlap, which", TOUCHING)
+def test_touching_numbers_are_read_exactly(shipped, text, overlap, which):
+    got = shipped.predict_number(images.decode(number_png(text, overlap, which=which)))
+    assert (got.text, got.status) == (text, "ok")
+    assert len(got.boxes) == len(text) and all(d.processed.shape == (28, 28) for d in got.digits)
+    assert [b[0] for b in got.boxes] == sorted(b[0] for b in got.boxes)  # boxes left to right
+
+
+def test_the_segmentation_route_is_still_there_and_splits_digits_that_stand_apart(shipped):
+    old = Predictor(shipped.model, shipped.meta, reader="segment")
+    assert old.reader is None
+    assert old.predict_number(images.decode(number_png("2026", -6))).text == "2026"
+
+
+def test_predict_multi_on_the_command_line_reads_a_touching_number(tmp_path, capsys):
+    (tmp_path / "808.png").write_bytes(number_png("808", 0.2, which=1))
+    assert main(["predict", str(tmp_path / "808.png"), "--multi", "--format", "json"]) == 0
+    import json
+
+    body = json.loads(capsys.readouterr().out)
+    assert body["text"] == "808" and body["status"] == "ok" and len(body["boxes"]) == 3
+
+
+def test_junk_is_unsure_not_a_confident_number(shipped):
+    rng = np.random.default_rng(0)
+    scribble = Image.new("L", (600, 200), 255)
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(scribble)
+    for _ in range(3):  # tangled loops across the whole strip
+        pts = [(int(x), int(y)) for x, y in zip(rng.uniform(150, 450, 40), rng.uniform(60, 140, 40))]
+        draw.line(pts, fill=0, width=9)
+    got = shipped.predict_number(scribble)
+    assert got.status == "unsure", got.describe()
