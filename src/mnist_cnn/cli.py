@@ -153,7 +153,8 @@ def cmd_train_reader(args) -> int:
 
     from . import checkpoint, data
     from .files import write_json
-    from .reader import ReaderConfig, train_reader
+    from .reader import train_reader
+    from .recipes import ReaderConfig
     from .runs import new_run_dir
 
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
