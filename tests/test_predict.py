@@ -16,9 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_cnn import checkpoint, cli, images, predict, preprocess
+from mnist_cnn import batch, checkpoint, cli, images, predict, preprocess
 from mnist_cnn.augment import to_float
-from mnist_cnn.predict import Predictor, iter_inputs, predict_inputs
+from mnist_cnn.batch import iter_inputs, predict_inputs
+from mnist_cnn.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,9 +104,9 @@ def test_save_processed_keeps_same_named_inputs_apart(tmp_path):
     img = torch.arange(28 * 28, dtype=torch.uint8).reshape(28, 28)
     one = predict.Prediction(3, 0.9, [], [(3, 0.9)], "ok", processed=img)
     used = set()
-    first = predict.save_processed(tmp_path, "a/seven.png", one, used)
-    second = predict.save_processed(tmp_path, "b/seven.png", one, used)
-    number = predict.save_processed(tmp_path, "-", predict.NumberPrediction("33", [one, one], "ok"), used)
+    first = batch.save_processed(tmp_path, "a/seven.png", one, used)
+    second = batch.save_processed(tmp_path, "b/seven.png", one, used)
+    number = batch.save_processed(tmp_path, "-", predict.NumberPrediction("33", [one, one], "ok"), used)
     assert [p.name for p in first + second + number] == ["seven.png", "seven-2.png", "stdin_0.png", "stdin_1.png"]
     assert np.array_equal(np.asarray(Image.open(second[0])), img.numpy())
 
@@ -327,7 +328,7 @@ def test_devices_and_fifos_cannot_bypass_the_size_limit_or_hang(inputs, capsys, 
     folder, _ = inputs
     fifo = tmp_path / "never.png"
     os.mkfifo(fifo)  # no writer will ever open it
-    monkeypatch.setattr(predict, "READ_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(batch, "READ_TIMEOUT_S", 0.3)
     t0 = time.monotonic()
     code, out, err = run_cli(["/dev/zero", fifo, folder / "digit0_7.png"], capsys)
     assert time.monotonic() - t0 < 10 and code == 1 and ": 7  (p=" in out

@@ -412,8 +412,9 @@ def serve_collect(args):
 
 
 def cmd_predict(args) -> int:
+    from .batch import iter_inputs, predict_inputs
     from .errors import UserError
-    from .predict import Predictor, iter_inputs, predict_inputs
+    from .predict import Predictor
 
     predictor = Predictor.from_path(args.model, backend=args.backend, min_confidence=args.min_confidence,
                                     topk=args.topk, reader=args.reader or "shipped")
@@ -436,7 +437,7 @@ def cmd_predict(args) -> int:
 def _print_predictions(args, predictor, results) -> tuple[int, int]:
     import csv
 
-    from .predict import save_processed
+    from .batch import save_processed
 
     writer = csv.writer(sys.stdout) if args.format == "csv" else None
     if writer:
@@ -473,9 +474,10 @@ def printable(name: str, encoding: str | None) -> str:
 
 def cmd_explain(args) -> int:
     from .errors import UserError
+    from .batch import read_image
     from .figures import explanation_figure, save_figure
+    from .predict import Predictor
     from .preprocess import to_mnist
-    from .predict import Predictor, read_image
 
     predictor = Predictor.from_path(args.model)
     x = to_mnist(read_image(Path(args.image)))
