@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import mnist_cnn
-from mnist_cnn import cli, cli_args, data
+from mnist_cnn import cli, cli_args, cli_handwriting, data
 from mnist_cnn.progress import TrainProgress
 from mnist_cnn.recipes import RECIPES, get_config
 
@@ -45,7 +45,7 @@ def test_every_flag_has_help_and_shows_its_default():
     assert all(action.help for action in parser._actions)
     nested = {f"{name} {action}": p for name, sub in commands.items()
               for action, p in cli_args.subcommands(sub).items()}
-    assert set(nested) == {f"samples {action}" for action in cli.SAMPLES_ACTIONS}  # `mnist-cnn samples list` ...
+    assert set(nested) == {f"samples {action}" for action in cli_handwriting.SAMPLES_ACTIONS}  # `mnist-cnn samples list` ...
     for name, parser in {**commands, **nested}.items():
         text = " ".join(parser.format_help().split())  # unwrapped
         for action in parser._actions:
@@ -76,10 +76,10 @@ def test_help_and_usage_errors_do_not_import_torch():
     """`mnist-cnn --help` used to take 3.3 s, most of it importing torch."""
     code = (
         "import sys\n"
-        "from mnist_cnn import cli\n"
+        "from mnist_cnn import cli, cli_handwriting\n"
         "for argv in [['--help'], ['--version'], ['predict', '--top-k', '3', 'x.png'], ['train', '--epochs', '0'],\n"
         "             *[[name, '--help'] for name in cli.COMMANDS],\n"
-        "             *[['samples', a, '--help'] for a in cli.SAMPLES_ACTIONS]]:\n"
+        "             *[['samples', a, '--help'] for a in cli_handwriting.SAMPLES_ACTIONS]]:\n"
         "    try:\n"
         "        cli.main(argv)\n"
         "    except SystemExit:\n"
