@@ -309,7 +309,7 @@ def _print_predictions(args, predictor, results) -> tuple[int, int]:
     for result in results:
         total += 1
         pred, failed = result.prediction, failed + (result.error is not None)
-        name = printable(result.name, sys.stdout.encoding)
+        name = cli_args.printable(result.name, sys.stdout.encoding)
         if pred is not None and args.save_processed:
             save_processed(args.save_processed, result.name, pred, used)
         if args.format == "json":
@@ -323,13 +323,6 @@ def _print_predictions(args, predictor, results) -> tuple[int, int]:
         else:
             print(f"{name}: {pred.describe()}", flush=True)
     return failed, total
-
-
-def printable(name: str, encoding: str | None) -> str:
-    """A path as the terminal can show it: bytes that are not text in a file name become \\xNN escapes."""
-    text = os.fsencode(name).decode(sys.getfilesystemencoding(), "backslashreplace")
-    encoding = encoding or "utf-8"
-    return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
 # ------------------------------------------------------------------ explain

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import os
+import sys
 from pathlib import Path
 
 from . import __version__
@@ -327,3 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="FILE", help="checkpoint to write (default: FILE with the suffix "
                    ".safetensors)")
     return parser
+
+
+def printable(name: str, encoding: str | None) -> str:
+    """A path as the terminal can show it: bytes that are not text in a file name become \\xNN escapes."""
+    text = os.fsencode(name).decode(sys.getfilesystemencoding(), "backslashreplace")
+    encoding = encoding or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)

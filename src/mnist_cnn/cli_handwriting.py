@@ -29,7 +29,7 @@ def cmd_finetune(args) -> int:
     import dataclasses
 
     from . import checkpoint
-    from .cli import pick_device
+    from .distributed import pick_device
     from .finetuning import finetune_run
     from .recipes import FinetuneConfig
     from .runs import new_run_dir, resolve
@@ -86,7 +86,7 @@ def cmd_samples(args) -> int:
 
 
 def samples_list(args, store) -> int:
-    from .cli import printable
+    from .cli_args import printable
 
     rows = list(store.rows())
     if args.json:
