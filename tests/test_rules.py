@@ -69,3 +69,13 @@ def test_a_rule_broken_by_a_shadow_is_found_past_the_break():
     right = mask.astype(bool)
     right[:, :470] = False
     assert (across & right).sum() >= 0.9 * right.sum()
+
+
+def test_a_thick_pen_stroke_past_a_break_is_not_taken_for_the_rule():
+    """A 2's base written along a rule's line, where the digits hide the rule: past the break it is
+    on the line, but five times the rule's thickness, so it is pen, not print, and none of it goes."""
+    mask = np.zeros((H, W), np.uint8)
+    cv2.line(mask, (0, 300), (420, 300), 1, 2)
+    cv2.line(mask, (480, 300), (640, 300), 1, 10)  # the stroke
+    across, _ = rules.rule_lines(mask.astype(bool))
+    assert not across[:, 480:].any()

@@ -48,16 +48,17 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return across, down
     segments = segments.reshape(-1, 4).astype(np.float64)
     segments = segments[_distinct(segments)]
-    rule = _long_lines(segments, span, max(3.0, RULE_BEND * max(h, w)), gap)
+    rule, extended = _long_lines(segments, span, max(3.0, RULE_BEND * max(h, w)), gap)
     pieces, parent = _shorter(segments[rule >= 0], max(40.0, 0.5 * piece))
+    far = extended[rule >= 0][parent]
     thick = max(3.0, RULE_THICK * max(h, w))
     measured = [_measure(m, p, thick) for p in pieces]
     halves = np.array([np.nan if r is None else r[3] for r in measured])
     chain = rule[rule >= 0][parent]
     typical = {c: np.nanmedian(halves[chain == c]) for c in np.unique(chain) if np.isfinite(halves[chain == c]).any()}
-    for (x0, y0, x1, y1), r, c in zip(pieces, measured, chain):
-        if r is None:
-            continue
+    for (x0, y0, x1, y1), r, c, beyond in zip(pieces, measured, chain, far):
+        if r is None or (beyond and r[3] > typical[c] + 1.5):
+            continue  # no line; or, past a break, a stroke thicker than the rule (a 2's base along its line)
         ys, xs, dist, half = r
         half = min(half, float(typical[c]))  # a stroke written along the rule is cut no wider than the rule
         near = m[ys, xs].astype(bool) & (dist <= half + 1.5)  # the line and its blurred skirts
@@ -132,9 +133,9 @@ def _distinct(segments: np.ndarray) -> np.ndarray:
     return ~(inside & longer).any(0)
 
 
-def _long_lines(segments: np.ndarray, span: float, near: float, most_gap: float) -> np.ndarray:
+def _long_lines(segments: np.ndarray, span: float, near: float, most_gap: float) -> tuple[np.ndarray, np.ndarray]:
     """Which line each segment (n, 4: x0, y0, x1, y1) belongs to, where that line spans `span`
-    (-1 where it does not). A segment continues another when they are at almost one angle and its
+    (-1 where it does not), and which segments joined it past a break (`_extend`). A segment continues another when they are at almost one angle and its
     nearer end lies within `near` of the other's line and `most_gap` of its end, so that a bent
     rule's pieces chain; the chain's extent along the line, gaps left out, is measured."""
     u, length, along, across = _relations(segments)
@@ -152,7 +153,9 @@ def _long_lines(segments: np.ndarray, span: float, near: float, most_gap: float)
             reach = max(reach, b)
         if covered < span:
             chain[members] = -1
-    return _extend(chain, u, length, along, across, near)
+    found = chain >= 0
+    chain = _extend(chain, u, length, along, across, near)
+    return chain, (chain >= 0) & ~found
 
 
 def _extend(chain: np.ndarray, u, length, along, across, near: float) -> np.ndarray:
