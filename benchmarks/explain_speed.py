@@ -9,7 +9,6 @@ this process. The page asks for one explanation per drawing update while its pan
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -17,16 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_cnn import checkpoint, data, models
+from mnist_cnn import checkpoint, data, models, precision
 from mnist_cnn.predict import Predictor
 from mnist_cnn.recipes import get_config
-
-
-def cpu_model() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def seed_predictor(folder: Path) -> Predictor:
@@ -43,7 +35,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     x, _ = data.read_split(data.acquire(), "test")
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread; median of {args.n} test digits\n")
+    print(f"CPU: {precision.cpu_model()}; torch {torch.__version__}, 1 thread; median of {args.n} test digits\n")
     print("| network | method | explanation (ms) | share of positive attribution on the ink |")
     print("|---|---|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import tempfile
 import time
@@ -31,7 +30,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import mnist_cnn
-from mnist_cnn import preprocess
+from mnist_cnn import precision, preprocess
 from mnist_cnn.finetuning import stratified_split
 
 POOL = 200  # UCI digits set aside for tuning per seed; the rest are held out
@@ -109,8 +108,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
+    cpu = precision.cpu_model()
     x, y = uci_digits()
     results: dict[int, list[dict]] = {n: [] for n in args.sizes}
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,24 +11,15 @@ warm-up, in this process with one torch thread.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
 import torch
 
+from mnist_cnn import precision
+
 import photo_digits
 import photo_synth
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def time_one(raw: bytes, predictor) -> tuple[float, float, float]:
@@ -56,7 +47,7 @@ def main(argv=None) -> None:
     predictor = Predictor.from_path()
     sources = photo_digits.load_sources(log=lambda m: None)
     rng = np.random.default_rng(args.seed)
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread")
+    print(f"CPU: {precision.cpu_model()}; torch {torch.__version__}, 1 thread")
     print("| photo | file | decode (ms) | preprocessing (ms) | network (ms) | file to answer (ms) |")
     print("|---|---:|---:|---:|---:|---:|")
     for mp in (1, 12):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import sys
 import time
 from collections import Counter
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from mnist_cnn import precision
 
 import photo_synth
 
@@ -111,16 +112,6 @@ def save(folder: Path, name: str, raw: bytes, record: dict, index: dict) -> None
     index[name] = {k: record[k] for k in ("label", "answer", "status", "cond")}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(kind: str, count: int, seed: int, predictor, sources, size, failures: Path | None, index: dict):
     """Photos of `kind`, each from its own seed (so a longer run starts with the shorter one's photos)."""
     rows, ask_s, make_s = [], [], 0.0
@@ -189,7 +180,7 @@ def main(argv=None) -> None:
         print("\nDeclined, by status: " + (", ".join(f"{s} {n}" for s, n in declined.most_common()) or "none"))
     print(f"\nPreprocessing + prediction per photo: single digit {1000 * np.mean(digit_s or [0]):.0f} ms "
           f"(median {1000 * np.median(digit_s or [0]):.0f}), number {1000 * np.mean(number_s or [0]):.0f} ms "
-          f"(median {1000 * np.median(number_s or [0]):.0f}); CPU {cpu_model()}, "
+          f"(median {1000 * np.median(number_s or [0]):.0f}); CPU {precision.cpu_model()}, "
           f"torch threads {torch.get_num_threads()}.")
     print(f"Generating the photos took {make_d + make_n:.0f} s; the whole run {total:.0f} s.")
     if failures:

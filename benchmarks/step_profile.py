@@ -54,7 +54,7 @@ def profile_steps(cfg, mnist, device, steps: int, warmup: int = 5) -> dict[str, 
             scaler.update()
         if ema is not None:
             with record_function("ema"):
-                training.update_ema(ema, None, cfg.ema_decay, i)
+                training.update_ema(ema, cfg.ema_decay, i)
 
     for i in range(warmup):
         step(i)

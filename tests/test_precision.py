@@ -118,7 +118,7 @@ def test_the_ema_update_is_the_lerp_it_replaced():
     expected = {k: v.clone() for k, v in ema.state_dict().items()}
     for k, p in model.state_dict().items():
         expected[k] = torch.lerp(expected[k], p, 1 - 0.9) if p.is_floating_point() else p.clone()
-    training.update_ema(ema, model, 0.9, step=10_000)  # past the warm-up: the decay is 0.9
+    training.update_ema(training.ema_pairs(ema, model), 0.9, step=10_000)  # past the warm-up: the decay is 0.9
     for k, v in ema.state_dict().items():
         assert torch.allclose(v, expected[k]), k
 

@@ -149,12 +149,17 @@ class Predictor:
         return out
 
     def _prediction(self, probs: torch.Tensor, processed: torch.Tensor) -> Prediction:
+        return self._answer(probs, processed, preprocess.doubt(processed) or self._too_low(probs))
+
+    def _too_low(self, probs: torch.Tensor) -> str | None:
+        p = float(probs.max())
+        return f"its best probability, {p:.4g}, is below {self.min_confidence:g}" if p < self.min_confidence else None
+
+    def _answer(self, probs: torch.Tensor, processed: torch.Tensor, reason: str | None) -> Prediction:
+        """The best of `probs` (over the ten digits), or unsure for `reason`."""
         top_p, top_i = probs.topk(self.topk)
-        best, p = int(top_i[0]), float(top_p[0])
-        reason = preprocess.doubt(processed) or (
-            f"its best probability, {p:.4g}, is below {self.min_confidence:g}" if p < self.min_confidence else None)
-        return Prediction(digit=None if reason else best, probability=p, probabilities=probs.tolist(),
-                          topk=[(int(i), float(q)) for i, q in zip(top_i, top_p)],
+        return Prediction(digit=None if reason else int(top_i[0]), probability=float(top_p[0]),
+                          probabilities=probs.tolist(), topk=[(int(i), float(q)) for i, q in zip(top_i, top_p)],
                           status="unsure" if reason else "ok", processed=processed, reason=reason)
 
     def predict_image(self, img: Image.Image) -> Prediction:
@@ -249,11 +254,5 @@ class Predictor:
         """A digit the sequence reader read among touching ones: its peak's probabilities."""
         probs = reading.probs[peak.frame, :10]
         probs = probs / probs.sum().clamp_min(1e-12)  # over the ten digits (the blank's share is `peak.doubt`)
-        top_p, top_i = probs.topk(self.topk)
-        p = float(top_p[0])
-        reason = (f"its best probability, {p:.4g}, is below {self.min_confidence:g}" if p < self.min_confidence
-                  else f"it may be two digits, or none ({peak.doubt:.2f} of doubt)" if peak.doubt > reader.MIN_COUNT
-                  else None)
-        return Prediction(digit=None if reason else peak.digit, probability=p, probabilities=probs.tolist(),
-                          topk=[(int(i), float(q)) for i, q in zip(top_i, top_p)],
-                          status="unsure" if reason else "ok", processed=processed, reason=reason)
+        count = f"it may be two digits, or none ({peak.doubt:.2f} of doubt)" if peak.doubt > reader.MIN_COUNT else None
+        return self._answer(probs, processed, self._too_low(probs) or count)

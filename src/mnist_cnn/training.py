@@ -109,12 +109,12 @@ def ema_pairs(ema: nn.Module, model: nn.Module) -> tuple[list, list, list, list]
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module | tuple, model: nn.Module | None, decay: float, step: int) -> None:
-    """Move the EMA weights toward the model's, in place; `ema` may be `ema_pairs`' lists (then `model` is unused)."""
+def update_ema(pairs: tuple[list, list, list, list], decay: float, step: int) -> None:
+    """Move the EMA weights toward the model's, in place: `pairs` is `ema_pairs(ema, model)`, listed once."""
     # Warm the decay up from 0: with a fixed 0.999 from step 0, the random initial
     # weights would still hold 0.999**2500 = 8% of the average after 2,500 steps.
     decay = min(decay, (1 + step) / (10 + step))
-    ema_f, model_f, ema_c, model_c = ema if isinstance(ema, tuple) else ema_pairs(ema, model)
+    ema_f, model_f, ema_c, model_c = pairs
     torch._foreach_lerp_(ema_f, model_f, 1 - decay)  # one fused pass over every tensor, no allocation
     if ema_c:
         torch._foreach_copy_(ema_c, model_c)
@@ -174,7 +174,7 @@ def train_one_epoch(model, optimizer, data: MNIST, cfg: TrainConfig, epoch: int,
         scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
         scaler.update()
         if pairs is not None:
-            update_ema(pairs, None, cfg.ema_decay, step)
+            update_ema(pairs, cfg.ema_decay, step)
         with torch.no_grad():
             stats[i, 0] = loss.detach()
             stats[i, 1] = (logits.argmax(1) == y).float().mean() * 100
