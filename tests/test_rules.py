@@ -79,3 +79,24 @@ def test_a_thick_pen_stroke_past_a_break_is_not_taken_for_the_rule():
     cv2.line(mask, (480, 300), (640, 300), 1, 10)  # the stroke
     across, _ = rules.rule_lines(mask.astype(bool))
     assert not across[:, 480:].any()
+
+
+def test_a_faint_stroke_along_a_rule_stays_where_it_darkens_the_print():
+    """A 6's base written along a rule in a pencil no darker than the print (strength 0.2 on a 0.2
+    rule, as blurred and as wide): the rule goes, but where pen lies on print the two darken each
+    other (1 - 0.8 * 0.8 = 0.36), so that stretch comes back and the 6's stem and loop stay one stroke."""
+    rng = np.random.default_rng(0)
+    mask, truth = _bent_rules(0.0)
+    pen = np.zeros_like(mask)
+    cv2.line(pen, (300, 150), (300, 300), 1, thickness=3)  # the stem, down to the rule...
+    cv2.line(pen, (300, 300), (420, 300), 1, thickness=3)  # ...along it...
+    cv2.line(pen, (420, 300), (420, 220), 1, thickness=3)  # ...and up into the loop's side
+    strength = (1 - (1 - 0.2 * truth) * (1 - 0.2 * pen)).astype(np.float32)
+    strength = np.clip(strength + rng.normal(0, 0.01, strength.shape), 0, 1).astype(np.float32)
+    ink = strength > 0.1
+    found = rules.rule_lines(ink)
+    assert (found[0] & truth).sum() >= 0.9 * truth.sum()
+    out = rules.remove_rules(ink, found, strength, level=0.2)
+    n, labels = cv2.connectedComponents(out.astype(np.uint8))
+    assert labels[200, 300] > 0 and labels[200, 300] == labels[240, 420]  # stem and loop: one stroke
+    assert not out[100].any() and not out[300, 500:].any()  # no print is left anywhere else

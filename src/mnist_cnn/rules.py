@@ -221,6 +221,56 @@ def remove_rules(mask: np.ndarray, rules: tuple[np.ndarray, np.ndarray], strengt
     printed = float(np.percentile(strength[both], 90))
     if level > RULE_DARKER * printed:
         out |= mask & both & (strength > (printed + level) / 2)
+    return out | (mask & _inked_over(strength, across, down, level))
+
+
+def _inked_over(strength: np.ndarray, across: np.ndarray, down: np.ndarray, level: float) -> np.ndarray:
+    """Rule pixels with pen ink on them, however faint the pen: bool (H, W).
+
+    Ink over print takes light from what the print left (1 - (1 - rule)(1 - pen)), so where a stroke
+    runs along a rule (a 6's base written on its line, in a pencil as grey as the print) the rule is
+    darker than along the rest of its length. Each place along a rule is measured by its darkest pixel
+    across it, against the median of those along that rule; a place darker by half a pen stroke's worth
+    comes back, across the rule's whole width. Grid crossings, where two rules darken each other, are
+    left out, and so are runs shorter than the rule is thick (noise).
+    """
+    out = np.zeros_like(across)
+    for lines, other, vertical in ((across, down, False), (down, across, True)):
+        only = lines & ~other
+        ys, xs = np.nonzero(only)
+        if not len(ys):
+            continue
+        thick = odd(max(3.0, _thickness(lines)))
+        cross = np.ones((1, 2 * thick + 1) if vertical else (2 * thick + 1, 1), np.uint8)
+        darkest = cv2.dilate(np.where(only, strength, 0).astype(np.float32), cross)[ys, xs]
+        rule = _one_line_each(only, vertical)[ys // 4, xs // 4]
+        typical = _medians(rule, darkest, int(rule.max()) + 1)[rule]
+        over = np.zeros_like(only)
+        over[ys, xs] = darkest > 1 - (1 - typical) * (1 - 0.5 * level)
+        out |= cv2.morphologyEx(over.astype(np.uint8), cv2.MORPH_OPEN,
+                                np.ones((thick, 1) if vertical else (1, thick), np.uint8)).astype(bool)
+    return out
+
+
+def _one_line_each(lines: np.ndarray, vertical: bool) -> np.ndarray:
+    """A label for each rule, on a copy a quarter the size: int32 (H/4, W/4). One rule's pieces, parted
+    where strokes cross it, are one line again after a long closing along it."""
+    small = cv2.resize(lines.astype(np.float32), (-(-lines.shape[1] // 4), -(-lines.shape[0] // 4)),
+                       interpolation=cv2.INTER_AREA) > 0  # any rule pixel in the 4x4 block
+    gap = odd(max(small.shape) / 4)
+    joined = cv2.morphologyEx(small.astype(np.uint8), cv2.MORPH_CLOSE,
+                              np.ones((gap, 1) if vertical else (1, gap), np.uint8))
+    return cv2.connectedComponents(joined)[1]
+
+
+def _medians(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """The (upper) median of `values` for each label in 0..n-1: (n,), 0 for a label without values."""
+    order = np.lexsort((values, labels))
+    counts = np.bincount(labels, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.zeros(n, values.dtype)
+    has = counts > 0
+    out[has] = values[order][starts[has] + counts[has] // 2]
     return out
 
 
