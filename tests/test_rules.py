@@ -100,3 +100,25 @@ def test_a_faint_stroke_along_a_rule_stays_where_it_darkens_the_print():
     n, labels = cv2.connectedComponents(out.astype(np.uint8))
     assert labels[200, 300] > 0 and labels[200, 300] == labels[240, 420]  # stem and loop: one stroke
     assert not out[100].any() and not out[300, 500:].any()  # no print is left anywhere else
+
+
+def test_a_rule_is_chained_across_a_break_where_a_crossing_rule_interrupts_it():
+    """A grid line on a curled sheet, found in two straight pieces 25 px apart at a slight angle (its
+    break where another rule crosses it, faint): neither piece spans a rule alone, together they do."""
+    mask = np.zeros((H, W), np.uint8)
+    cv2.line(mask, (400, 0), (409, 280), 1, 2)
+    cv2.line(mask, (410, 305), (395, H - 1), 1, 2)
+    _, down = rules.rule_lines(mask.astype(bool))
+    assert (down & mask.astype(bool)).sum() >= 0.9 * mask.sum()
+
+
+def test_rows_of_dots_are_no_rule_where_a_stroke_runs_along_them():
+    """Dotted paper (a dot every 30 px) with a 7's bar drawn along one row of dots: the row chains
+    across its gaps, but is printed only where the pen is, so none of the bar is taken for a rule."""
+    mask = np.zeros((H, W), np.uint8)
+    for y in range(15, H, 30):
+        for x in range(15, W, 30):
+            cv2.circle(mask, (x, y), 2, 1, -1)
+    cv2.line(mask, (300, 285), (480, 285), 1, thickness=5)
+    across, down = rules.rule_lines(mask.astype(bool))
+    assert not across[:, 300:480].any() and not down.any()

@@ -18,9 +18,10 @@ import numpy as np
 from .photo import odd
 
 RULE_SPAN = 0.6  # a ruled line is straight over at least this fraction of the frame's shorter side...
-RULE_PIECE, RULE_BEND, RULE_TURN, RULE_GAP = 0.2, 0.006, 8.0, 0.02  # it may be found in pieces this long (of the shorter
-# side) that continue one another: no further than this (of the longer side) off each other's lines, at
-# most this many degrees apart (a sheet that does not lie flat bends its rules)
+RULE_PIECE, RULE_BEND, RULE_TURN, RULE_BREAK = 0.2, 0.006, 8.0, 0.04  # it may be found in pieces this long (of the
+# shorter side) that continue one another: no further than this (of the longer side) off each other's lines, at
+# most this many degrees apart (a sheet that does not lie flat bends its rules), across breaks up to this
+# long (of the longer side: where a crossing rule or a faint stretch interrupts it)
 RULE_THICK = 0.02  # ...and at most this thick, blur included (fraction of the longer side, >= 3 px)
 RULE_SOLID = 0.35  # a rule's centre line is inked at least this much of its length (gaps where it is faint)
 RULE_DARKER = 1.4  # pen ink on a rule is kept when the pen's ink is this much stronger than the print
@@ -41,23 +42,27 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m = mask.astype(np.uint8)
     across, down = np.zeros_like(mask), np.zeros_like(mask)
     span, piece = RULE_SPAN * min(h, w), RULE_PIECE * min(h, w)
-    gap = max(3, int(RULE_GAP * max(h, w)))
     segments = cv2.HoughLinesP(m, 1, np.pi / 360, threshold=int(piece * 0.6), minLineLength=int(piece),
-                               maxLineGap=gap)
+                               maxLineGap=max(3, int(RULE_BREAK * max(h, w))))
     if segments is None:
         return across, down
     segments = segments.reshape(-1, 4).astype(np.float64)
     segments = segments[_distinct(segments)]
-    rule, extended = _long_lines(segments, span, max(3.0, RULE_BEND * max(h, w)), gap)
+    rule, extended = _long_lines(segments, span, max(3.0, RULE_BEND * max(h, w)), max(3, int(RULE_BREAK * max(h, w))))
     pieces, parent = _shorter(segments[rule >= 0], max(40.0, 0.5 * piece))
     far = extended[rule >= 0][parent]
     thick = max(3.0, RULE_THICK * max(h, w))
     measured = [_measure(m, p, thick) for p in pieces]
     halves = np.array([np.nan if r is None else r[3] for r in measured])
     chain = rule[rule >= 0][parent]
-    typical = {c: np.nanmedian(halves[chain == c]) for c in np.unique(chain) if np.isfinite(halves[chain == c]).any()}
+    # A rule is printed along most of its length. A row of dots (dotted paper) chains across its gaps,
+    # and where it runs through a digit's stroke it looks like a line, but along its centre it is mostly paper.
+    solid = _solidity(cv2.dilate(m, np.ones((3, 3), np.uint8)), pieces)
+    printed = {c: np.average(solid[chain == c], weights=1 + _lengths(pieces[chain == c])) >= 0.5 for c in np.unique(chain)}
+    own = np.isfinite(halves) & ~far  # the thickness of the rule as found, before pieces past breaks joined it
+    typical = {c: np.nanmedian(halves[(chain == c) & own]) for c in np.unique(chain) if (own & (chain == c)).any()}
     for (x0, y0, x1, y1), r, c, beyond in zip(pieces, measured, chain, far):
-        if r is None or (beyond and r[3] > typical[c] + 1.5):
+        if r is None or not printed[c] or c not in typical or (beyond and r[3] > typical[c] + 1.5):
             continue  # no line; or, past a break, a stroke thicker than the rule (a 2's base along its line)
         ys, xs, dist, half = r
         half = min(half, float(typical[c]))  # a stroke written along the rule is cut no wider than the rule
@@ -93,6 +98,21 @@ def _measure(m: np.ndarray, segment, thick: float):
     if any(inked[beyond & side].mean() > 0.5 for side in (signed > 0, signed < 0) if (beyond & side).any()):
         return None  # ink goes on past the line: the edge of a thick stroke, not a rule
     return ys, xs, dist, half
+
+
+def _lengths(segments: np.ndarray) -> np.ndarray:
+    return np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
+
+
+def _solidity(m: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """For each segment (n, 4), the share of points along it, one per pixel, that are inked in `m`."""
+    out = np.zeros(len(segments))
+    for i, (x0, y0, x1, y1) in enumerate(segments):
+        t = np.linspace(0, 1, max(2, int(math.hypot(x1 - x0, y1 - y0))))
+        xs = np.clip(np.round(x0 + t * (x1 - x0)).astype(int), 0, m.shape[1] - 1)
+        ys = np.clip(np.round(y0 + t * (y1 - y0)).astype(int), 0, m.shape[0] - 1)
+        out[i] = m[ys, xs].mean()
+    return out
 
 
 def _shorter(segments: np.ndarray, most: float) -> tuple[np.ndarray, np.ndarray]:
