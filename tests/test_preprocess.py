@@ -450,6 +450,38 @@ def test_coloured_paper_in_a_hard_shadow_is_paper_not_desk():
     assert Predictor.from_path().predict_image(img).digit == 1
 
 
+def _yellow_sheet_on(desk, shade_middle: bool = False) -> np.ndarray:
+    """Yellow paper (an 800x600 frame's middle, tilted a little) on a desk of colour `desk`, with a
+    hard shadow over the frame's middle when asked: (H, W, 3) uint8, blurred and noisy."""
+    img = Image.new("RGB", (800, 600), tuple(desk))
+    ImageDraw.Draw(img).polygon([(150, 90), (660, 70), (680, 520), (130, 540)], fill=(236, 212, 140))
+    rgb = np.asarray(img).astype(np.float64)
+    if shade_middle:
+        yy, xx = np.mgrid[:600, :800]
+        paper = (rgb == (236, 212, 140)).all(2)
+        rgb[paper & (xx > 330)] *= 0.35
+    rgb = cv2.GaussianBlur(rgb, (0, 0), 1.5) + np.random.default_rng(0).normal(0, 3, rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def test_a_wooden_desk_beside_yellow_paper_is_desk():
+    """Wood of the paper's chroma and more than half its lightness passed for paper, so the "sheet"
+    filled the frame and the desk's grain was read: its hue, 30 degrees from the paper's, tells it."""
+    found = photo.find_sheet(_yellow_sheet_on((160, 105, 60)))
+    assert found is not None
+    mask, corners = found
+    assert mask[300, 400] and not mask[10, 10] and not mask[590, 790] and corners is not None
+
+
+def test_a_sheet_shaded_over_the_middle_is_the_paper_with_its_shade():
+    """Yellow paper on a dark desk, a hand's shadow over most of it and the frame's middle: the sheet
+    is the lit paper with its shaded part (the paper's hue, a third as bright), and the desk stays out."""
+    found = photo.find_sheet(_yellow_sheet_on((30, 30, 34), shade_middle=True))
+    assert found is not None
+    mask, _ = found
+    assert mask[300, 400] and mask[500, 600] and not mask[10, 10] and not mask[590, 790]
+
+
 def _choose_digit(labels, stats) -> np.ndarray:
     keep = np.ones(len(stats), bool)
     keep[0] = False

@@ -24,6 +24,7 @@ SHADE_DARK, SHADE_HUE, SHADE_CHROMA = 0.3, 15.0, 0.25  # paper in a hard shadow:
 SHEET_CENTRE = 0.5  # the sheet holds at least this much of the frame's middle fifth (the digit's place)
 DESK_DARK = 0.5  # of the paper's lightness (L*; 0.15 of its luminance): darker is desk (a hard shadow can reach 0.6)
 DESK_CHROMA = 14.0  # Lab chroma units from the paper's own colour: a wooden desk, a coloured mat
+DESK_HUE = 20.0  # degrees from coloured paper's hue: a wooden desk beside yellow paper, of a like chroma
 LIGHT_KERNEL = 1 / 20  # of the longer side, the least width of the closing that finds the paper (which is
 # 2.5 times the widest strokes): wide enough for any pen, narrow enough to follow a curved shadow's edge
 INK_CONTRAST = 0.06  # ink stands at least this far from the paper (of full scale), to tell its polarity
@@ -56,43 +57,82 @@ def find_sheet(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
     lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
     light, chroma = lab[..., 0], np.hypot(lab[..., 1] - 128, lab[..., 2] - 128)
     bright = float(np.percentile(light, 90))
-    paper_chroma = float(np.median(chroma[light >= 0.85 * bright]))
-    paper = ((light > DESK_DARK * bright) & (np.abs(chroma - paper_chroma) < DESK_CHROMA)).astype(np.uint8)
-    paper = cv2.morphologyEx(paper, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))  # ink is not desk
-    paper = cv2.morphologyEx(paper, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))  # nor are desk highlights
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(paper, connectivity=4)
-    if n < 2:
+    lit = light >= 0.85 * bright
+    paper_chroma = float(np.median(chroma[lit]))
+    paper = (light > DESK_DARK * bright) & (np.abs(chroma - paper_chroma) < DESK_CHROMA)
+    if paper_chroma >= DESK_CHROMA:  # coloured paper: a desk of a like chroma (yellow paper, wood) differs in hue
+        hue = np.degrees(np.arctan2(lab[..., 2] - 128, lab[..., 1] - 128))
+        paper &= np.abs((hue - float(np.median(hue[lit])) + 180) % 360 - 180) < DESK_HUE
+    found = _largest_region(paper)
+    if found is None:
         return None
-    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    contours, _ = cv2.findContours((labels == biggest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = cv2.convexHull(max(contours, key=cv2.contourArea))
-    if not SHEET_MIN < cv2.contourArea(hull) / (small.shape[0] * small.shape[1]) < SHEET_MAX:
-        return None
-    mask = np.zeros(small.shape[:2], np.uint8)
-    cv2.fillConvexPoly(mask, hull, 1)
+    region, hull = found
     ch, cw = small.shape[0] // 2, small.shape[1] // 2
     middle = np.s_[ch - ch // 5:ch + ch // 5 + 1, cw - cw // 5:cw + cw // 5 + 1]
-    if mask[middle].mean() < SHEET_CENTRE and _shaded_paper(lab[middle], lab[labels == biggest], bright):
-        return None  # people frame the paper: the middle is the same paper, in a shadow
-    mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    if _filled(hull, small.shape)[middle].mean() < SHEET_CENTRE and _shaded_paper(lab[middle], lab[region], bright):
+        # People frame the paper: the middle is the same paper, in a shadow. The sheet is the paper
+        # with its shaded part, as long as there is still desk to leave out.
+        found = _largest_region(paper | _shaded_like(lab, lab[region], bright))
+        if found is None or _filled(found[1], small.shape)[middle].mean() < SHEET_CENTRE:
+            return None
+        region, hull = found
+    mask = cv2.resize(_filled(hull, small.shape), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
     quad = cv2.approxPolyDP(hull, 0.03 * cv2.arcLength(hull, True), True)
     corners = _order(quad.reshape(-1, 2).astype(np.float32) / s) if len(quad) == 4 else None
     return mask, corners
 
 
+def _largest_region(paper: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The largest paper-like region of a bool mask, and its convex hull, or None when that hull is
+    no sheet's size (no desk shows, or no sheet does)."""
+    paper = cv2.morphologyEx(paper.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))  # ink is not desk
+    paper = cv2.morphologyEx(paper, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))  # nor are desk highlights
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(paper, connectivity=4)
+    if n < 2:
+        return None
+    region = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+    if not SHEET_MIN < cv2.contourArea(hull) / paper.size < SHEET_MAX:
+        return None
+    return region, hull
+
+
+def _filled(hull: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    mask = np.zeros(shape[:2], np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    return mask
+
+
+def _colour(px: np.ndarray) -> tuple[float, float, float]:
+    """Lab pixels (..., 3) -> the median's lightness, chroma and hue (degrees)."""
+    px = px.reshape(-1, 3)
+    light, a, b = (float(np.median(px[:, i])) - (0 if i == 0 else 128) for i in range(3))
+    return light, math.hypot(a, b), math.degrees(math.atan2(b, a))
+
+
+def _shade_of(light, chroma, hue, paper: tuple[float, float, float], bright: float):
+    """Whether lightness, chroma and hue (floats or arrays) are the paper's colour in a shadow: darker,
+    but not as dark as a dark desk, of the paper's hue, with its chroma dimmed in step with its lightness."""
+    paper_light, paper_chroma, paper_hue = paper
+    turn = np.abs((hue - paper_hue + 180) % 360 - 180)
+    ratio = chroma / np.maximum(light, 1e-3) - paper_chroma / paper_light
+    dimmed = np.abs(ratio) < SHADE_CHROMA * paper_chroma / paper_light
+    return (light >= SHADE_DARK * bright) & (turn < SHADE_HUE) & dimmed
+
+
 def _shaded_paper(region: np.ndarray, paper: np.ndarray, bright: float) -> bool:
-    """Whether Lab pixels (..., 3) look like the paper's Lab pixels in a shadow: darker, but not as dark
-    as a dark desk, and of the paper's hue with its chroma dimmed in step with its lightness."""
-    def colour(px):
-        px = px.reshape(-1, 3)
-        light, a, b = (float(np.median(px[:, i])) - (0 if i == 0 else 128) for i in range(3))
-        return light, math.hypot(a, b), math.degrees(math.atan2(b, a))
-    light, chroma, hue = colour(region)
-    paper_light, paper_chroma, paper_hue = colour(paper)
-    if light < SHADE_DARK * bright or paper_chroma < DESK_CHROMA:
-        return False  # a dark desk; or paper without a colour to follow into the shadow
-    turn = abs((hue - paper_hue + 180) % 360 - 180)
-    return turn < SHADE_HUE and abs(chroma / light - paper_chroma / paper_light) < SHADE_CHROMA * paper_chroma / paper_light
+    """Whether Lab pixels (..., 3) look, as a whole, like the paper's Lab pixels in a shadow."""
+    colour = _colour(paper)
+    if colour[1] < DESK_CHROMA:
+        return False  # paper without a colour to follow into the shadow
+    return bool(_shade_of(*_colour(region), colour, bright))
+
+
+def _shaded_like(lab: np.ndarray, paper: np.ndarray, bright: float) -> np.ndarray:
+    """Which pixels of a Lab image (H, W, 3) float32 look like the paper's Lab pixels in a shadow: bool (H, W)."""
+    light, a, b = lab[..., 0], lab[..., 1] - 128, lab[..., 2] - 128
+    return _shade_of(light, np.hypot(a, b), np.degrees(np.arctan2(b, a)), _colour(paper), bright)
 
 
 def _order(pts: np.ndarray) -> np.ndarray:

@@ -58,7 +58,8 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # A rule is printed along most of its length. A row of dots (dotted paper) chains across its gaps,
     # and where it runs through a digit's stroke it looks like a line, but along its centre it is mostly paper.
     solid = _solidity(cv2.dilate(m, np.ones((3, 3), np.uint8)), pieces)
-    printed = {c: np.average(solid[chain == c], weights=1 + _lengths(pieces[chain == c])) >= 0.5 for c in np.unique(chain)}
+    printed = {c: np.average(solid[chain == c], weights=1 + _lengths(pieces[chain == c])) >= 0.5
+               for c in np.unique(chain)}
     own = np.isfinite(halves) & ~far  # the thickness of the rule as found, before pieces past breaks joined it
     typical = {c: np.nanmedian(halves[(chain == c) & own]) for c in np.unique(chain) if (own & (chain == c)).any()}
     for (x0, y0, x1, y1), r, c, beyond in zip(pieces, measured, chain, far):
@@ -155,9 +156,10 @@ def _distinct(segments: np.ndarray) -> np.ndarray:
 
 def _long_lines(segments: np.ndarray, span: float, near: float, most_gap: float) -> tuple[np.ndarray, np.ndarray]:
     """Which line each segment (n, 4: x0, y0, x1, y1) belongs to, where that line spans `span`
-    (-1 where it does not), and which segments joined it past a break (`_extend`). A segment continues another when they are at almost one angle and its
-    nearer end lies within `near` of the other's line and `most_gap` of its end, so that a bent
-    rule's pieces chain; the chain's extent along the line, gaps left out, is measured."""
+    (-1 where it does not), and which segments joined it past a break (`_extend`). A segment continues
+    another when they are at almost one angle and its nearer end lies within `near` of the other's
+    line and `most_gap` of its end, so that a bent rule's pieces chain; the chain's extent along the
+    line, gaps left out, is measured."""
     u, length, along, across = _relations(segments)
     nearer = np.argmin(np.abs(along), axis=2)[..., None]
     gap = np.maximum(np.abs(np.take_along_axis(along, nearer, 2)[..., 0]) - length[:, None] / 2, 0)
