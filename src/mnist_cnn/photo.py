@@ -60,9 +60,12 @@ def find_sheet(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
     lit = light >= 0.85 * bright
     paper_chroma = float(np.median(chroma[lit]))
     paper = (light > DESK_DARK * bright) & (np.abs(chroma - paper_chroma) < DESK_CHROMA)
-    if paper_chroma >= DESK_CHROMA:  # coloured paper: a desk of a like chroma (yellow paper, wood) differs in hue
+    if paper_chroma >= DESK_CHROMA:
+        # Coloured paper: a desk of a like chroma (wood beside yellow paper) differs in hue, and the
+        # paper in a hard shadow keeps its hue, its chroma dimmed in step with its light.
         hue = np.degrees(np.arctan2(lab[..., 2] - 128, lab[..., 1] - 128))
         paper &= np.abs((hue - float(np.median(hue[lit])) + 180) % 360 - 180) < DESK_HUE
+        paper |= _shaded_like(lab, lab[lit], bright)
     found = _largest_region(paper)
     if found is None:
         return None
@@ -70,12 +73,7 @@ def find_sheet(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
     ch, cw = small.shape[0] // 2, small.shape[1] // 2
     middle = np.s_[ch - ch // 5:ch + ch // 5 + 1, cw - cw // 5:cw + cw // 5 + 1]
     if _filled(hull, small.shape)[middle].mean() < SHEET_CENTRE and _shaded_paper(lab[middle], lab[region], bright):
-        # People frame the paper: the middle is the same paper, in a shadow. The sheet is the paper
-        # with its shaded part, as long as there is still desk to leave out.
-        found = _largest_region(paper | _shaded_like(lab, lab[region], bright))
-        if found is None or _filled(found[1], small.shape)[middle].mean() < SHEET_CENTRE:
-            return None
-        region, hull = found
+        return None  # people frame the paper: the middle is the same paper, in a shadow
     mask = cv2.resize(_filled(hull, small.shape), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
     quad = cv2.approxPolyDP(hull, 0.03 * cv2.arcLength(hull, True), True)
     corners = _order(quad.reshape(-1, 2).astype(np.float32) / s) if len(quad) == 4 else None
