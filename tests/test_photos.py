@@ -51,5 +51,7 @@ def test_photos_are_read_and_never_confidently_wrong(answers):
     assert not confident, confident
     # 27 of the first 30 were read when the set was made, 28 once bent rules were found. Three more
     # (photo_30-32: hard shadows that break a rule or look like desk) were added when they were
-    # read, so 31 of the 33; fewer is a regression.
-    assert right >= 31, {n: a for n, a in answers.items() if a[0] != LABELS[n]["label"]}
+    # read, so 31 of the 33. Four more (photo_33-36: a curled grid, yellow paper on wood, a 6's base
+    # along a rule, grid leftovers in a shadow) were added when they were read, and all 37 were;
+    # one may differ by a rounding on another CPU, more is a regression.
+    assert right >= 36, {n: a for n, a in answers.items() if a[0] != LABELS[n]["label"]}

@@ -158,7 +158,10 @@ def _ink_on(rgb: np.ndarray, full: np.ndarray, invert: bool, several: bool, on_s
     # The digit is chosen among candidates found at a low threshold, so that faint pencil is seen
     # beside stronger ink elsewhere (a desk's edge, a heading); then its own ink sets the level.
     low = max(NOISE_INK * noise, LOW * level, grain)
-    candidates = rules.remove_rules(strength > low, (across, down), strength, level)
+    # The rules were measured at the higher threshold; at this one their blurred edges reach a pixel
+    # further, and left behind they are slivers along every line that join the digit piece by piece.
+    wide = tuple(cv2.dilate(r.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) for r in (across, down))
+    candidates = rules.remove_rules(strength > low, wide, strength, level)
     strength = np.where(printed & ~candidates, 0, strength).astype(np.float32)  # the rules' grey levels go too
     labels, stats, widths = photo.components(candidates)
     chosen = photo.choose(labels, stats, photo.stroke_like(stats, widths, labels.shape), several)
