@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import checkpoint, models
 from .data import MNIST_MEAN, MNIST_STD
 from .imageops import bbox, dilate, stroke_width
-from .lines import FIELD, PAD, make_lines, thicken
+from .lines import FIELD, PAD, make_lines, soften, thicken
 from .preprocess import FLOOR, STROKE, THIN, Page
 from .recipes import ReaderConfig
 from .segment import MAX_DIGITS, TooManyDigits
@@ -250,7 +250,7 @@ def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m
             group["lr"] = lr_at(step, cfg)
         length = int(torch.randint(1, cfg.max_digits + 1, (1,), generator=g))
         lines, labels, _ = make_lines(train_x, train_y, cfg.batch_size, length, g)
-        losses.append(train_one_step(model, opt, thicken(lines, g).to(device), labels.to(device), ctc))
+        losses.append(train_one_step(model, opt, soften(thicken(lines, g), g).to(device), labels.to(device), ctc))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             row = {"step": step + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
                    **{f"val_{k}": v for k, v in evaluate_lines(model, val).items()}}
