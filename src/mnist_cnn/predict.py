@@ -22,6 +22,12 @@ from .imageops import bbox
 from .inputs import as_pixels
 
 
+# The sequence reader's digits in a piece that looks one digit wide are taken when each peaks above this (else
+# the piece is one digit, the classifier's). Chosen on 216 numbers of MNIST validation digits composed as
+# benchmarks/number_reading.py composes them: of the touching or overlapping ones, 16 whose 1 (or other narrow
+# digit) the piece's width hid were read right by the reader, all at >= 0.96 but 4 (0.60-0.82); the 2 apart
+# digits it split in two peaked at 0.61-0.77.
+SURE_SPLIT = 0.9
 MIN_CONFIDENCE = 0.5  # below this calibrated probability the answer is "unsure" (0.2% of MNIST's test digits)
 
 
@@ -82,6 +88,20 @@ class NumberPrediction:
         digit's best guess."""
         return [self.status, self.text, f"{min((d.probability for d in self.digits), default=0):.4f}",
                 " ".join(f"{d.topk[0][0]}:{d.probability:.4f}" for d in self.digits)]
+
+
+def holds_several(peaks: list, centres: list[float], span: tuple[int, int], narrow: bool) -> bool:
+    """Whether a piece of ink is read as the sequence reader's digits in it (`peaks`, peaking at page columns
+    `centres`), rather than as one digit, whole. `span` is the piece's columns; `narrow`: by its shape, it is
+    too narrow for two digits."""
+    if len(peaks) <= 1:
+        return False
+    if not narrow:
+        return True
+    # A piece one digit wide holds two when a 1 is written over its neighbour (it adds little width); the
+    # reader's count is taken when it is sure of each digit, and each peak lies over the piece (a peak past
+    # its edge is a neighbour's, which its own piece reads).
+    return min(p.probability for p in peaks) >= SURE_SPLIT and all(span[0] <= c <= span[1] for c in centres)
 
 
 def empty() -> Prediction:
@@ -230,14 +250,15 @@ class Predictor:
         # against 87% and 76% for the sequence reader's own digits.
         items = []  # (peak or None, the ink it is read from, whether that is the digit alone)
         for b, blob in enumerate(blobs):
-            mine = [reading.peaks[i] for i, o in enumerate(owner) if o == b]
-            if len(mine) <= 1 or max(pieces[b][1]) == 1:  # a piece too narrow for two digits is one
-                items.append((mine[0] if mine else None, blob, True))
+            mine = [i for i, o in enumerate(owner) if o == b]
+            if not holds_several([reading.peaks[i] for i in mine], [reading.centres[i] for i in mine], spans[b],
+                                 narrow=max(pieces[b][1]) == 1):
+                items.append((reading.peaks[mine[0]] if mine else None, blob, True))
                 continue
-            for peak in mine:
-                x0, x1 = reading.spans[reading.peaks.index(peak)]
+            for i in mine:
+                x0, x1 = reading.spans[i]
                 part = blob & (columns >= x0) & (columns < x1)
-                items.append((peak, part if part.any() else blob, False))
+                items.append((reading.peaks[i], part if part.any() else blob, False))
         crops = torch.stack([preprocess.render(page, part) for _, part, _ in items])
         alone = [i for i, (_, _, a) in enumerate(items) if a]
         classified = dict(zip(alone, self.predict_arrays(crops[alone]))) if alone else {}
