@@ -18,7 +18,7 @@ from PIL import Image
 from mnist_cnn import checkpoint, data, images, models, reader
 from mnist_cnn.cli import main
 from mnist_cnn.lines import make_lines, soften
-from mnist_cnn.predict import Predictor, holds_several
+from mnist_cnn.predict import Predictor, holds_several, owners
 
 DIGITS = Path(__file__).parent / "data" / "mnist_test_digits.png"
 B = reader.BLANK
@@ -104,11 +104,17 @@ def test_the_shipped_reader_is_small_and_describes_itself():
 def test_a_piece_one_digit_wide_holds_two_only_when_the_reader_is_sure_of_both():
     sure = [reader.Peak(1, 0.99, 3, 2, 4, 0.0), reader.Peak(6, 0.98, 8, 7, 9, 0.0)]
     shaky = [reader.Peak(1, 0.99, 3, 2, 4, 0.0), reader.Peak(6, 0.7, 8, 7, 9, 0.0)]
-    assert holds_several(sure, [12.0, 30.0], (10, 40), narrow=True)  # a 1 written over a 6
-    assert not holds_several(shaky, [12.0, 30.0], (10, 40), narrow=True)  # one digit the reader split
-    assert not holds_several(sure, [12.0, 44.0], (10, 40), narrow=True)  # the second peak is past the piece
-    assert holds_several(shaky, [12.0, 30.0], (10, 40), narrow=False)  # a wide piece: the reader's count
-    assert not holds_several(sure[:1], [12.0], (10, 40), narrow=False)
+    assert holds_several(sure, narrow=True)  # a 1 written over a 6
+    assert not holds_several(shaky, narrow=True)  # one digit the reader split
+    assert holds_several(shaky, narrow=False)  # a wide piece: the reader's count
+    assert not holds_several(sure[:1], narrow=False)
+
+
+def test_a_piece_left_without_a_digit_takes_the_peak_between_it_and_its_neighbour():
+    spans = [(84, 185), (246, 383), (414, 462), (514, 641), (658, 687)]  # a photo of 84171: the last 1's peak
+    assert owners([137.7, 319.7, 428.9, 574.5, 647.3], spans) == [0, 1, 2, 3, 4]  # is nearer the 7's piece
+    assert owners([76.0, 494.6, 540.0], [(40, 103), (498, 582)]) == [0, 1, 1]  # a 1 by a 0, its peak off the ink
+    assert owners([60.0, 80.0], [(50, 100), (120, 160)]) == [0, 0]  # both peaks over the first piece: kept
 
 
 # ------------------------------------------------ the shipped reader on known digits

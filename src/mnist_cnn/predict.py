@@ -90,18 +90,33 @@ class NumberPrediction:
                 " ".join(f"{d.topk[0][0]}:{d.probability:.4f}" for d in self.digits)]
 
 
-def holds_several(peaks: list, centres: list[float], span: tuple[int, int], narrow: bool) -> bool:
-    """Whether a piece of ink is read as the sequence reader's digits in it (`peaks`, peaking at page columns
-    `centres`), rather than as one digit, whole. `span` is the piece's columns; `narrow`: by its shape, it is
-    too narrow for two digits."""
+def holds_several(peaks: list, narrow: bool) -> bool:
+    """Whether a piece of ink is read as the sequence reader's digits in it (`peaks`), rather than as one
+    digit, whole; `narrow`: by its shape, the piece is too narrow for two digits."""
     if len(peaks) <= 1:
         return False
-    if not narrow:
-        return True
-    # A piece one digit wide holds two when a 1 is written over its neighbour (it adds little width); the
-    # reader's count is taken when it is sure of each digit, and each peak lies over the piece (a peak past
-    # its edge is a neighbour's, which its own piece reads).
-    return min(p.probability for p in peaks) >= SURE_SPLIT and all(span[0] <= c <= span[1] for c in centres)
+    # A piece one digit wide holds two when a 1 is written over its neighbour (it adds little width): the
+    # reader's count is taken when it is sure of each digit.
+    return not narrow or min(p.probability for p in peaks) >= SURE_SPLIT
+
+
+def owners(centres: list[float], spans: list[tuple[int, int]]) -> list[int]:
+    """Which piece of ink (columns `spans`, left to right) each of the reader's digits (peaking at columns
+    `centres`) lies in: the nearest; but a piece left with none takes the nearest peak between it and a
+    neighbouring piece that holds others (every piece is a digit at least; else the digit would be read
+    twice, once by the classifier from its own piece and once by the reader from its neighbour's)."""
+    def gap(c, b):
+        return max(spans[b][0] - c, c - spans[b][1], 0)
+
+    owner = [min(range(len(spans)), key=lambda b: gap(c, b)) for c in centres]
+    for b in range(len(spans)):
+        if b in owner:
+            continue
+        loose = [i for i, o in enumerate(owner) if abs(o - b) == 1 and owner.count(o) > 1
+                 and spans[min(o, b)][1] < centres[i] < spans[max(o, b)][0]]  # between the two pieces
+        if loose:
+            owner[min(loose, key=lambda i: gap(centres[i], b))] = b
+    return owner
 
 
 def empty() -> Prediction:
@@ -241,7 +256,7 @@ class Predictor:
         pieces = segment.digit_blobs(page.labels, page.count)
         blobs = [m for m, _ in pieces]
         spans = [bbox(m)[2:] for m in blobs]
-        owner = [min(range(len(blobs)), key=lambda b: max(spans[b][0] - c, c - spans[b][1], 0)) for c in reading.centres]
+        owner = owners(reading.centres, spans)
         columns = np.arange(mask.shape[1])[None, :]
         # Chosen on evidence (benchmarks/number_reading.py, docs/preprocessing.md): the classifier reads a digit
         # that stands alone better than the sequence reader (phone photos: 82% of numbers against 73% when the
@@ -251,8 +266,7 @@ class Predictor:
         items = []  # (peak or None, the ink it is read from, whether that is the digit alone)
         for b, blob in enumerate(blobs):
             mine = [i for i, o in enumerate(owner) if o == b]
-            if not holds_several([reading.peaks[i] for i in mine], [reading.centres[i] for i in mine], spans[b],
-                                 narrow=max(pieces[b][1]) == 1):
+            if not holds_several([reading.peaks[i] for i in mine], narrow=max(pieces[b][1]) == 1):
                 items.append((reading.peaks[mine[0]] if mine else None, blob, True))
                 continue
             for i in mine:
