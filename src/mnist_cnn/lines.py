@@ -80,3 +80,16 @@ def thicken(lines: torch.Tensor, g: torch.Generator, share: float = 0.25) -> tor
     bold = F.max_pool2d(lines.unsqueeze(1), 3, stride=1, padding=1).squeeze(1)
     pick = torch.rand(len(lines), 1, 1, generator=g) < share
     return torch.where(pick, 0.5 * (lines + bold), lines)
+
+
+def soften(lines: torch.Tensor, g: torch.Generator, share: float = 0.3) -> torch.Tensor:
+    """A random `share` of the lines blurred (a 3x3 [1, 2, 1] kernel) and another `share` with a harder grey
+    floor (levels below 0-0.3 cut, the rest stretched): a page scaled 3-6x with blur and JPEG and read back
+    comes to the reader softer, or with its faint edges cut by the page's ink floor."""
+    k = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3)
+    blurred = F.conv2d(lines.unsqueeze(1), kernel, padding=1).squeeze(1)
+    pick = torch.rand(len(lines), 1, 1, generator=g)
+    floor = _uniform((len(lines), 1, 1), 0.0, 0.3, g)
+    hard = ((lines - floor) / (1 - floor)).clamp(0, 1)
+    return torch.where(pick < share, blurred, torch.where(pick < 2 * share, hard, lines))

@@ -22,6 +22,12 @@ from .imageops import bbox
 from .inputs import as_pixels
 
 
+# The sequence reader's digits in a piece that looks one digit wide are taken when each peaks above this (else
+# the piece is one digit, the classifier's). Chosen on 216 numbers of MNIST validation digits composed as
+# benchmarks/number_reading.py composes them: of the touching or overlapping ones, 16 whose 1 (or other narrow
+# digit) the piece's width hid were read right by the reader, all at >= 0.96 but 4 (0.60-0.82); the 2 apart
+# digits it split in two peaked at 0.61-0.77.
+SURE_SPLIT = 0.9
 MIN_CONFIDENCE = 0.5  # below this calibrated probability the answer is "unsure" (0.2% of MNIST's test digits)
 
 
@@ -82,6 +88,35 @@ class NumberPrediction:
         digit's best guess."""
         return [self.status, self.text, f"{min((d.probability for d in self.digits), default=0):.4f}",
                 " ".join(f"{d.topk[0][0]}:{d.probability:.4f}" for d in self.digits)]
+
+
+def holds_several(peaks: list, narrow: bool) -> bool:
+    """Whether a piece of ink is read as the sequence reader's digits in it (`peaks`), rather than as one
+    digit, whole; `narrow`: by its shape, the piece is too narrow for two digits."""
+    if len(peaks) <= 1:
+        return False
+    # A piece one digit wide holds two when a 1 is written over its neighbour (it adds little width): the
+    # reader's count is taken when it is sure of each digit.
+    return not narrow or min(p.probability for p in peaks) >= SURE_SPLIT
+
+
+def owners(centres: list[float], spans: list[tuple[int, int]]) -> list[int]:
+    """Which piece of ink (columns `spans`, left to right) each of the reader's digits (peaking at columns
+    `centres`) lies in: the nearest; but a piece left with none takes the nearest peak between it and a
+    neighbouring piece that holds others (every piece is a digit at least; else the digit would be read
+    twice, once by the classifier from its own piece and once by the reader from its neighbour's)."""
+    def gap(c, b):
+        return max(spans[b][0] - c, c - spans[b][1], 0)
+
+    owner = [min(range(len(spans)), key=lambda b: gap(c, b)) for c in centres]
+    for b in range(len(spans)):
+        if b in owner:
+            continue
+        loose = [i for i, o in enumerate(owner) if abs(o - b) == 1 and owner.count(o) > 1
+                 and spans[min(o, b)][1] < centres[i] < spans[max(o, b)][0]]  # between the two pieces
+        if loose:
+            owner[min(loose, key=lambda i: gap(centres[i], b))] = b
+    return owner
 
 
 def empty() -> Prediction:
@@ -221,7 +256,7 @@ class Predictor:
         pieces = segment.digit_blobs(page.labels, page.count)
         blobs = [m for m, _ in pieces]
         spans = [bbox(m)[2:] for m in blobs]
-        owner = [min(range(len(blobs)), key=lambda b: max(spans[b][0] - c, c - spans[b][1], 0)) for c in reading.centres]
+        owner = owners(reading.centres, spans)
         columns = np.arange(mask.shape[1])[None, :]
         # Chosen on evidence (benchmarks/number_reading.py, docs/preprocessing.md): the classifier reads a digit
         # that stands alone better than the sequence reader (phone photos: 82% of numbers against 73% when the
@@ -230,14 +265,14 @@ class Predictor:
         # against 87% and 76% for the sequence reader's own digits.
         items = []  # (peak or None, the ink it is read from, whether that is the digit alone)
         for b, blob in enumerate(blobs):
-            mine = [reading.peaks[i] for i, o in enumerate(owner) if o == b]
-            if len(mine) <= 1 or max(pieces[b][1]) == 1:  # a piece too narrow for two digits is one
-                items.append((mine[0] if mine else None, blob, True))
+            mine = [i for i, o in enumerate(owner) if o == b]
+            if not holds_several([reading.peaks[i] for i in mine], narrow=max(pieces[b][1]) == 1):
+                items.append((reading.peaks[mine[0]] if mine else None, blob, True))
                 continue
-            for peak in mine:
-                x0, x1 = reading.spans[reading.peaks.index(peak)]
+            for i in mine:
+                x0, x1 = reading.spans[i]
                 part = blob & (columns >= x0) & (columns < x1)
-                items.append((peak, part if part.any() else blob, False))
+                items.append((reading.peaks[i], part if part.any() else blob, False))
         crops = torch.stack([preprocess.render(page, part) for _, part, _ in items])
         alone = [i for i, (_, _, a) in enumerate(items) if a]
         classified = dict(zip(alone, self.predict_arrays(crops[alone]))) if alone else {}
