@@ -122,3 +122,27 @@ def test_rows_of_dots_are_no_rule_where_a_stroke_runs_along_them():
     cv2.line(mask, (300, 285), (480, 285), 1, thickness=5)
     across, down = rules.rule_lines(mask.astype(bool))
     assert not across[:, 300:480].any() and not down.any()
+
+
+def test_the_tops_of_a_row_of_digits_in_a_strip_are_no_rule():
+    """A number cut out on its own (a 900x150 strip): the tops of its digits line up, 40 px of ink
+    then 30 px of paper. Measured against the strip's height they would span a rule; along the strip
+    a rule runs at least half its length, and is inked from end to end."""
+    mask = np.zeros((150, 900), np.uint8)
+    for x in range(40, 860, 70):
+        cv2.line(mask, (x, 40), (x + 40, 40), 1, thickness=5)
+        cv2.line(mask, (x + 20, 40), (x + 20, 110), 1, thickness=5)  # the digit below its top
+    across, down = rules.rule_lines(mask.astype(bool))
+    assert not across.any() and not down.any()
+
+
+def test_bold_strokes_along_a_line_in_a_strip_are_no_rule():
+    """The bases of a long number in a bold pen (16 px, ten digits nearly touching) along one line
+    of a 1200x280 strip: inked from end to end, but far thicker than print for a frame that size
+    (the strip's length does not set how thick a rule may be)."""
+    mask = np.zeros((280, 1200), np.uint8)
+    for x in range(40, 1140, 110):
+        cv2.line(mask, (x, 200), (x + 100, 200), 1, thickness=16)
+        cv2.line(mask, (x + 50, 200), (x + 50, 60), 1, thickness=16)
+    across, down = rules.rule_lines(mask.astype(bool))
+    assert not across.any() and not down.any()

@@ -24,6 +24,7 @@ RULE_PIECE, RULE_BEND, RULE_TURN, RULE_BREAK = 0.2, 0.006, 8.0, 0.04  # it may b
 # long (of the longer side: where a crossing rule or a faint stretch interrupts it)
 RULE_THICK = 0.02  # ...and at most this thick, blur included (fraction of the longer side, >= 3 px)
 RULE_SOLID = 0.35  # a rule's centre line is inked at least this much of its length (gaps where it is faint)
+RULE_INKED = 0.8  # a rule is inked along this share of its length, end to end (a faint one has gaps)
 RULE_DARKER = 1.4  # pen ink on a rule is kept when the pen's ink is this much stronger than the print
 
 
@@ -41,25 +42,33 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h, w = mask.shape
     m = mask.astype(np.uint8)
     across, down = np.zeros_like(mask), np.zeros_like(mask)
-    span, piece = RULE_SPAN * min(h, w), RULE_PIECE * min(h, w)
-    segments = cv2.HoughLinesP(m, 1, np.pi / 360, threshold=int(piece * 0.6), minLineLength=int(piece),
+    # A rule's length is measured against the frame's shorter side, so that rules across a sheet that
+    # fills only part of a frame are found; but in a long strip (a number photographed or cut out on
+    # its own) that is short beside the line, and the aligned tops of a row of digits would pass for
+    # a rule: along a strip, a rule runs at least half its length.
+    scale = np.array([max(min(h, w), 0.5 * w), max(min(h, w), 0.5 * h)])  # for rules across, and down
+    span, piece = RULE_SPAN * scale, RULE_PIECE * scale
+    segments = cv2.HoughLinesP(m, 1, np.pi / 360, threshold=int(piece.min() * 0.6), minLineLength=int(piece.min()),
                                maxLineGap=max(3, int(RULE_BREAK * max(h, w))))
     if segments is None:
         return across, down
     segments = segments.reshape(-1, 4).astype(np.float64)
-    segments = segments[_distinct(segments)]
+    downward = np.abs(segments[:, 3] - segments[:, 1]) > np.abs(segments[:, 2] - segments[:, 0])
+    segments = segments[_distinct(segments) & (_lengths(segments) >= piece[downward.astype(int)])]
+    if not len(segments):
+        return across, down
     rule, extended = _long_lines(segments, span, max(3.0, RULE_BEND * max(h, w)), max(3, int(RULE_BREAK * max(h, w))))
-    pieces, parent = _shorter(segments[rule >= 0], max(40.0, 0.5 * piece))
+    pieces, parent = _shorter(segments[rule >= 0], max(40.0, 0.5 * piece.min()))
     far = extended[rule >= 0][parent]
-    thick = max(3.0, RULE_THICK * max(h, w))
+    thick = max(3.0, RULE_THICK * min(max(h, w), 4 / 3 * min(h, w)))  # a strip's length sets no print's width
     measured = [_measure(m, p, thick) for p in pieces]
     halves = np.array([np.nan if r is None else r[3] for r in measured])
     chain = rule[rule >= 0][parent]
-    # A rule is printed along most of its length. A row of dots (dotted paper) chains across its gaps,
-    # and where it runs through a digit's stroke it looks like a line, but along its centre it is mostly paper.
-    solid = _solidity(cv2.dilate(m, np.ones((3, 3), np.uint8)), pieces)
-    printed = {c: np.average(solid[chain == c], weights=1 + _lengths(pieces[chain == c])) >= 0.5
-               for c in np.unique(chain)}
+    # A rule is printed along most of its length. A row of dots (dotted paper), or the tops of a row of
+    # digits, chains across its gaps, and where it runs through a stroke it looks like a line, but
+    # from end to end it is mostly paper.
+    inked = cv2.dilate(m, np.ones((3, 3), np.uint8))
+    printed = {c: _inked_share(inked, pieces[(chain == c) & ~far]) >= RULE_INKED for c in np.unique(chain)}
     own = np.isfinite(halves) & ~far  # the thickness of the rule as found, before pieces past breaks joined it
     typical = {c: np.nanmedian(halves[(chain == c) & own]) for c in np.unique(chain) if (own & (chain == c)).any()}
     for (x0, y0, x1, y1), r, c, beyond in zip(pieces, measured, chain, far):
@@ -105,15 +114,24 @@ def _lengths(segments: np.ndarray) -> np.ndarray:
     return np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
 
 
-def _solidity(m: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """For each segment (n, 4), the share of points along it, one per pixel, that are inked in `m`."""
-    out = np.zeros(len(segments))
-    for i, (x0, y0, x1, y1) in enumerate(segments):
+def _inked_share(m: np.ndarray, segments: np.ndarray) -> float:
+    """Of the stretch of a line that segments (n, 4) along it cover from end to end, the share of its
+    length, pixel by pixel, where one of them runs over ink in `m` (gaps between them count as paper)."""
+    if not len(segments):
+        return 0.0
+    d = segments[np.argmax(_lengths(segments))]
+    axis = (d[2:] - d[:2]) / max(float(np.hypot(*(d[2:] - d[:2]))), 1e-9)
+    inked, every = [], []
+    for x0, y0, x1, y1 in segments:
         t = np.linspace(0, 1, max(2, int(math.hypot(x1 - x0, y1 - y0))))
-        xs = np.clip(np.round(x0 + t * (x1 - x0)).astype(int), 0, m.shape[1] - 1)
-        ys = np.clip(np.round(y0 + t * (y1 - y0)).astype(int), 0, m.shape[0] - 1)
-        out[i] = m[ys, xs].mean()
-    return out
+        xs, ys = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+        at = np.round(xs * axis[0] + ys * axis[1]).astype(int)
+        rows = np.clip(np.round(ys).astype(int), 0, m.shape[0] - 1)
+        hit = m[rows, np.clip(np.round(xs).astype(int), 0, m.shape[1] - 1)]
+        inked.append(at[hit > 0])
+        every.append(at)
+    every = np.concatenate(every)
+    return np.unique(np.concatenate(inked)).size / (every.max() - every.min() + 1)
 
 
 def _shorter(segments: np.ndarray, most: float) -> tuple[np.ndarray, np.ndarray]:
@@ -154,8 +172,9 @@ def _distinct(segments: np.ndarray) -> np.ndarray:
     return ~(inside & longer).any(0)
 
 
-def _long_lines(segments: np.ndarray, span: float, near: float, most_gap: float) -> tuple[np.ndarray, np.ndarray]:
-    """Which line each segment (n, 4: x0, y0, x1, y1) belongs to, where that line spans `span`
+def _long_lines(segments: np.ndarray, span: np.ndarray, near: float, most_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which line each segment (n, 4: x0, y0, x1, y1) belongs to, where that line spans `span` (for a
+    line across, and a line down)
     (-1 where it does not), and which segments joined it past a break (`_extend`). A segment continues
     another when they are at almost one angle and its nearer end lies within `near` of the other's
     line and `most_gap` of its end, so that a bent rule's pieces chain; the chain's extent along the
@@ -173,7 +192,7 @@ def _long_lines(segments: np.ndarray, span: float, near: float, most_gap: float)
         for a, b in extent[np.argsort(extent[:, 0])]:  # the union of the pieces' extents along the line
             covered += max(0.0, b - max(a, reach))
             reach = max(reach, b)
-        if covered < span:
+        if covered < span[int(abs(axis[1]) > abs(axis[0]))]:
             chain[members] = -1
     found = chain >= 0
     chain = _extend(chain, u, length, along, across, near)
