@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from mnist_cnn import images, photo, preprocess
+from mnist_cnn import images, photo, preprocess, sheet
 from mnist_cnn.imageops import dilate, label_components, stroke_width
 from mnist_cnn.predict import Predictor
 from mnist_cnn.images import ImageError, decode, luminance
@@ -446,7 +446,7 @@ def test_coloured_paper_in_a_hard_shadow_is_paper_not_desk():
     img = img.filter(ImageFilter.GaussianBlur(1.5))
     noisy = np.asarray(img) + np.random.default_rng(0).normal(0, 3, (600, 800, 3))
     img = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-    assert photo.find_sheet(np.asarray(img)) is None
+    assert sheet.find_sheet(np.asarray(img)) is None
     assert Predictor.from_path().predict_image(img).digit == 1
 
 
@@ -467,7 +467,7 @@ def _yellow_sheet_on(desk, shade_middle: bool = False) -> np.ndarray:
 def test_a_wooden_desk_beside_yellow_paper_is_desk():
     """Wood of the paper's chroma and more than half its lightness passed for paper, so the "sheet"
     filled the frame and the desk's grain was read: its hue, 30 degrees from the paper's, tells it."""
-    found = photo.find_sheet(_yellow_sheet_on((160, 105, 60)))
+    found = sheet.find_sheet(_yellow_sheet_on((160, 105, 60)))
     assert found is not None
     mask, corners = found
     assert mask[300, 400] and not mask[10, 10] and not mask[590, 790] and corners is not None
@@ -476,7 +476,7 @@ def test_a_wooden_desk_beside_yellow_paper_is_desk():
 def test_a_sheet_shaded_over_the_middle_is_the_paper_with_its_shade():
     """Yellow paper on a dark desk, a hand's shadow over most of it and the frame's middle: the sheet
     is the lit paper with its shaded part (the paper's hue, a third as bright), and the desk stays out."""
-    found = photo.find_sheet(_yellow_sheet_on((30, 30, 34), shade_middle=True))
+    found = sheet.find_sheet(_yellow_sheet_on((30, 30, 34), shade_middle=True))
     assert found is not None
     mask, _ = found
     assert mask[300, 400] and mask[500, 600] and not mask[10, 10] and not mask[590, 790]

@@ -25,7 +25,7 @@ from PIL import Image
 
 import cv2
 
-from . import photo, rules
+from . import photo, rules, sheet
 from .images import luminance
 from .imageops import bbox, component_boxes, dilate, label_components, stroke_width
 
@@ -109,20 +109,21 @@ def _ring(x: np.ndarray) -> np.ndarray:
 
 
 def _photo_ink(img: Image.Image, full: np.ndarray, invert: bool, several: bool) -> Page | None:
-    """The photo steps of `photo.py`, on a working copy at most WORK_SIDE pixels on a side."""
+    """The photo steps (`sheet.py`, `photo.py`, `rules.py`), on a working copy at most WORK_SIDE pixels on a side."""
     rgb = _rgb(img, full)
     s = WORK_SIDE / max(rgb.shape[:2])
     if s < 1:
         rgb = cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_AREA)
     # A sheet on a desk is flattened (or, when its outline is no clean quadrilateral, the desk around
     # it ignored); the ink on it is dark, whatever the frame's edge, which is the desk, suggests.
-    sheet = photo.find_sheet(rgb)
-    if sheet is None:
+    found = sheet.find_sheet(rgb)
+    if found is None:
         return _ink_on(rgb, full, invert, several)
-    if sheet[1] is not None:
-        page = _ink_on(photo.flatten_sheet(rgb, sheet[1]), full, invert, several, on_sheet=True)
+    mask, corners = found
+    if corners is not None:
+        page = _ink_on(sheet.flatten_sheet(rgb, corners), full, invert, several, on_sheet=True)
     else:
-        outside = cv2.dilate((~sheet[0]).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+        outside = cv2.dilate((~mask).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
         page = _ink_on(rgb, full, invert, several, outside=outside)
     # No ink on the "sheet": a hard shadow over coloured paper looks like desk, and the digit may lie
     # in it. The whole frame is then read as paper, as if no desk showed.
