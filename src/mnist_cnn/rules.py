@@ -70,7 +70,7 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inked = cv2.dilate(m, np.ones((3, 3), np.uint8))
     printed = {c: _inked_share(inked, pieces[(chain == c) & ~far]) >= RULE_INKED for c in np.unique(chain)}
     own = np.isfinite(halves) & ~far  # the thickness of the rule as found, before pieces past breaks joined it
-    typical = {c: np.nanmedian(halves[(chain == c) & own]) for c in np.unique(chain) if (own & (chain == c)).any()}
+    typical = {c: np.median(halves[(chain == c) & own]) for c in np.unique(chain) if (own & (chain == c)).any()}
     for (x0, y0, x1, y1), r, c, beyond in zip(pieces, measured, chain, far):
         if r is None or not printed[c] or c not in typical or (beyond and r[3] > typical[c] + 1.5):
             continue  # no line; or, past a break, a stroke thicker than the rule (a 2's base along its line)
@@ -173,9 +173,9 @@ def _distinct(segments: np.ndarray) -> np.ndarray:
 
 
 def _long_lines(segments: np.ndarray, span: np.ndarray, near: float, most_gap: float) -> tuple[np.ndarray, np.ndarray]:
-    """Which line each segment (n, 4: x0, y0, x1, y1) belongs to, where that line spans `span` (for a
-    line across, and a line down)
-    (-1 where it does not), and which segments joined it past a break (`_extend`). A segment continues
+    """Which line each segment (n, 4: x0, y0, x1, y1) belongs to, where that line spans `span` (two
+    lengths: for a line across, and for a line down; -1 where it does not), and which segments
+    joined it past a break (`_extend`). A segment continues
     another when they are at almost one angle and its nearer end lies within `near` of the other's
     line and `most_gap` of its end, so that a bent rule's pieces chain; the chain's extent along the
     line, gaps left out, is measured."""
