@@ -243,17 +243,19 @@ def remove_rules(mask: np.ndarray, rules: tuple[np.ndarray, np.ndarray], strengt
     A stroke crossing a rule that runs across is ink just above and just below it: a closing
     down the page bridges the gap, and only rule pixels that it fills come back (and likewise,
     sideways, for rules that run down the page). A stroke written along a rule (a 2's base on
-    a line) is told from it by its darker ink: pen ink of strength `level` over a fainter print.
+    a line) is told from it by its darker ink: pen ink of strength `level` over a fainter print,
+    or, however faint the pen, where pen and print darken each other (`_inked_over`).
     """
     across, down = rules
     both = across | down
     if not both.any():
         return mask
+    thickness = tuple(_thickness(lines) if lines.any() else 0.0 for lines in rules)
     rest = (mask & ~both).astype(np.uint8)
     out = rest.astype(bool)
-    for lines, vertical in ((across, True), (down, False)):
+    for lines, thick, vertical in ((across, thickness[0], True), (down, thickness[1], False)):
         if lines.any():
-            k = odd(max(5.0, 3 * _thickness(lines)))
+            k = odd(max(5.0, 3 * thick))
             # Only ink that reaches away from the rule bridges it, not the rule's own frayed edges; the
             # bridge is half as wide as it is long, for strokes that cross the rule at a slant.
             reach, bridge = ((5, 1), (k, k // 2 + 1)) if vertical else ((1, 5), (k // 2 + 1, k))
@@ -262,11 +264,13 @@ def remove_rules(mask: np.ndarray, rules: tuple[np.ndarray, np.ndarray], strengt
     printed = float(np.percentile(strength[both], 90))
     if level > RULE_DARKER * printed:
         out |= mask & both & (strength > (printed + level) / 2)
-    return out | (mask & _inked_over(strength, across, down, level))
+    return out | (mask & _inked_over(strength, rules, thickness, level))
 
 
-def _inked_over(strength: np.ndarray, across: np.ndarray, down: np.ndarray, level: float) -> np.ndarray:
-    """Rule pixels with pen ink on them, however faint the pen: bool (H, W).
+def _inked_over(strength: np.ndarray, rules: tuple[np.ndarray, np.ndarray], thickness: tuple[float, float],
+                level: float) -> np.ndarray:
+    """Rule pixels with pen ink on them, however faint the pen: bool (H, W), for the rules (across,
+    down) of the given thicknesses.
 
     Ink over print takes light from what the print left (1 - (1 - rule)(1 - pen)), so where a stroke
     runs along a rule (a 6's base written on its line, in a pencil as grey as the print) the rule is
@@ -275,32 +279,33 @@ def _inked_over(strength: np.ndarray, across: np.ndarray, down: np.ndarray, leve
     comes back, across the rule's whole width. Grid crossings, where two rules darken each other, are
     left out, and so are runs shorter than the rule is thick (noise).
     """
+    across, down = rules
     out = np.zeros_like(across)
-    for lines, other, vertical in ((across, down, False), (down, across, True)):
+    for lines, other, thick, runs_down in ((across, down, thickness[0], False), (down, across, thickness[1], True)):
         only = lines & ~other
         ys, xs = np.nonzero(only)
         if not len(ys):
             continue
-        thick = odd(max(3.0, _thickness(lines)))
-        cross = np.ones((1, 2 * thick + 1) if vertical else (2 * thick + 1, 1), np.uint8)
+        thick = odd(max(3.0, thick))
+        cross = np.ones((1, 2 * thick + 1) if runs_down else (2 * thick + 1, 1), np.uint8)
         darkest = cv2.dilate(np.where(only, strength, 0).astype(np.float32), cross)[ys, xs]
-        rule = _one_line_each(only, vertical)[ys // 4, xs // 4]
+        rule = _one_line_each(only, runs_down)[ys // 4, xs // 4]
         typical = _medians(rule, darkest, int(rule.max()) + 1)[rule]
         over = np.zeros_like(only)
         over[ys, xs] = darkest > 1 - (1 - typical) * (1 - 0.5 * level)
         out |= cv2.morphologyEx(over.astype(np.uint8), cv2.MORPH_OPEN,
-                                np.ones((thick, 1) if vertical else (1, thick), np.uint8)).astype(bool)
+                                np.ones((thick, 1) if runs_down else (1, thick), np.uint8)).astype(bool)
     return out
 
 
-def _one_line_each(lines: np.ndarray, vertical: bool) -> np.ndarray:
+def _one_line_each(lines: np.ndarray, runs_down: bool) -> np.ndarray:
     """A label for each rule, on a copy a quarter the size: int32 (H/4, W/4). One rule's pieces, parted
     where strokes cross it, are one line again after a long closing along it."""
     small = cv2.resize(lines.astype(np.float32), (-(-lines.shape[1] // 4), -(-lines.shape[0] // 4)),
                        interpolation=cv2.INTER_AREA) > 0  # any rule pixel in the 4x4 block
     gap = odd(max(small.shape) / 4)
     joined = cv2.morphologyEx(small.astype(np.uint8), cv2.MORPH_CLOSE,
-                              np.ones((gap, 1) if vertical else (1, gap), np.uint8))
+                              np.ones((gap, 1) if runs_down else (1, gap), np.uint8))
     return cv2.connectedComponents(joined)[1]
 
 
