@@ -134,3 +134,30 @@ def test_the_compiled_step_trains_and_saves_the_plain_network(tiny_data, tmp_pat
     plain = training.build(get_config("fastest"), "cpu")
     network, _ = models.unwrap(model)  # inside its calibration
     assert network.state_dict().keys() == plain.state_dict().keys()  # no `_orig_mod.` prefix: the network itself
+
+
+def test_finetuning_tunes_in_the_precision_asked_records_it_and_keeps_fp32_weights(tiny_data, tmp_path):
+    import mnist_cnn
+    from conftest import tiny_mnist
+
+    d = tiny_mnist(n_train=40, n_val=0, n_test=0, seed=1)
+    base = mnist_cnn.load()
+    runs = {p: mnist_cnn.finetune(base, (d.train_x, d.train_y), steps=2, batch_size=16, holdout=0, device="cpu",
+                                  precision=p, out=tmp_path / p) for p in ("bf16", "fp32")}
+    assert (runs["bf16"].metrics["precision"], runs["fp32"].metrics["precision"]) == ("bf16", "fp32")
+    assert runs["bf16"].config.precision == "bf16"
+    nets = {p: checkpoint.load_model(run.path)[0] for p, run in runs.items()}
+    bf16, fp32 = (models.unwrap(nets[p])[0].state_dict() for p in ("bf16", "fp32"))
+    assert all(t.dtype == torch.float32 for t in bf16.values() if t.is_floating_point())
+    diff = max((bf16[k] - fp32[k]).abs().max().item() for k in bf16 if bf16[k].is_floating_point())
+    assert 1e-5 < diff < 0.05  # the same batches: only bf16's rounding tells the two apart
+
+
+def test_fp16_finetuning_on_a_cpu_is_refused_before_it_starts(tiny_data, tmp_path):
+    import mnist_cnn
+    from conftest import tiny_mnist
+
+    d = tiny_mnist(n_train=20, n_val=0, n_test=0, seed=1)
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        mnist_cnn.finetune(None, (d.train_x, d.train_y), steps=1, device="cpu", precision="fp16", out=tmp_path / "r")
+    assert not (tmp_path / "r" / "metrics.json").exists()

@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=holdout, default=cfg.holdout, metavar="F", help="share of your samples "
                    "held out, stratified by digit, to measure before and after (0: none)")
     p.add_argument("--seed", type=int, default=cfg.seed, help="the holdout, the batches and the augmentation")
+    p.add_argument("--precision", choices=PRECISIONS, default=cfg.precision, help="the tuning step's arithmetic, "
+                   "as for train: auto picks bf16 where the hardware has it; the saved model stays fp32")
     device(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 

@@ -35,7 +35,7 @@ def cmd_finetune(args) -> int:
     from .runs import new_run_dir, resolve
 
     cfg = FinetuneConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, person_share=args.person_share,
-                         holdout=args.holdout, seed=args.seed)
+                         holdout=args.holdout, seed=args.seed, precision=args.precision)
     samples = load_samples(args.samples)
     base_path = resolve(args.model) if args.model else checkpoint.default_model_path()
     base = checkpoint.load_model(base_path)

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, data, models
+from . import checkpoint, data, models, precision
 from .augment import apply_augmentation, draw_augmentation, to_float
 from .errors import UserError
 from .evaluation import evaluate, fit_temperature, forward_label, predict_logits, uses_tta
@@ -58,13 +58,19 @@ def lr_at(step: int, cfg: FinetuneConfig) -> float:
 
 def tune(net: torch.nn.Module, mnist: data.MNIST, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneConfig,
          mean: float, std: float, channels_last: bool = False,
-         on_step: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train `net` in place on batches mixing (x, y) with MNIST's training images; the steps' losses."""
+         on_step: Callable[[dict], None] | None = None, prec: precision.Precision | None = None) -> list[dict]:
+    """Train `net` in place on batches mixing (x, y) with MNIST's training images; the steps' losses.
+
+    The forward pass and loss run in `prec` (default: `cfg.precision` resolved for the device), as
+    training's step does; fp16's gradient scaler comes with it.
+    """
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout draws from the global generator (the caller's is restored: caller_rng)
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                                 weight_decay=cfg.weight_decay)
     device = mnist.train_x.device
+    prec = prec or precision.resolve(cfg.precision, device)
+    scaler = prec.scaler(device)
     x, y = x.to(device), y.to(device)
     mine = max(1, round(cfg.batch_size * cfg.person_share))
     replay = cfg.batch_size - mine if len(mnist.train_y) else 0
@@ -82,9 +88,11 @@ def tune(net: torch.nn.Module, mnist: data.MNIST, x: torch.Tensor, y: torch.Tens
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(batch), labels, label_smoothing=cfg.label_smoothing)
-        loss.backward()
-        optimizer.step()
+        with prec.autocast(device):
+            loss = F.cross_entropy(net(batch), labels, label_smoothing=cfg.label_smoothing)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         rows.append({"step": step, "loss": loss.detach(), "lr": lr})
         if on_step is not None:
             on_step(rows[-1])
@@ -137,8 +145,9 @@ def _finetune_run(base, samples, cfg, run_dir, device, data_dir, base_name, eval
                 "mnist_test": measure(m, mnist.test_x, mnist.test_y, meta, tta), "extra": measure(m, ex, ey, meta, tta)}
 
     before = scores(calibrated)
+    prec = precision.resolve(cfg.precision, device)  # an fp16 request on a CPU fails here, before tuning
     t0 = time.perf_counter()
-    steps = tune(net, mnist, tx, ty, cfg, meta["mean"], meta["std"], channels_last, on_step)
+    steps = tune(net, mnist, tx, ty, cfg, meta["mean"], meta["std"], channels_last, on_step, prec)
     seconds = time.perf_counter() - t0
     net.eval()
     mean, std = meta["mean"], meta["std"]
@@ -153,7 +162,7 @@ def _finetune_run(base, samples, cfg, run_dir, device, data_dir, base_name, eval
                "before": before, "after": after, "held_out": len(hy), "held_out_sha256": digest(hx.cpu(), hy),
                "samples": record, "train_seconds": seconds, "steps": cfg.steps, "device": str(device),
                "temperature": {"before": old_temperature, "after": temperature, "fitted_on": len(mnist.val_y)},
-               "val_accuracy": None}
+               "val_accuracy": None, **prec.record()}
     finetuned = {"base": base_name, "base_samples": meta.get("samples"), "config": dataclasses.asdict(cfg),
                  "held_out": {"count": len(hy), "sha256": metrics["held_out_sha256"]}, "before": before,
                  "after": after, "train_seconds": seconds}

@@ -266,10 +266,12 @@ class FinetuneConfig:
     holdout: float = 0.2  # the samples held out for measurement, stratified by label (0: none)
     val_size: int = 5000  # MNIST validation images: the temperature is re-fitted on them (and never trained on)
     seed: int = 0  # the holdout, the batches, the augmentation, dropout
+    precision: str = "auto"  # the tuning step's autocast, as in training (precision.py); the weights stay fp32
 
     def __post_init__(self):
         checks = {"steps": self.steps >= 1, "batch_size": self.batch_size >= 2, "lr": self.lr > 0,
-                  "person_share": 0 < self.person_share <= 1, "momentum": 0 <= self.momentum < 1,
+                  "precision": self.precision in PRECISIONS, "person_share": 0 < self.person_share <= 1,
+                  "momentum": 0 <= self.momentum < 1,
                   "weight_decay": self.weight_decay >= 0, "label_smoothing": 0 <= self.label_smoothing < 1,
                   "holdout": 0 <= self.holdout < 1, "val_size": 0 <= self.val_size < 60000}
         bad = [f"{k} = {getattr(self, k)!r}" for k, ok in checks.items() if not ok]
