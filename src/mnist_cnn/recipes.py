@@ -166,8 +166,9 @@ class FastestConfig(FastConfig):
     batch 192 or 256, 98.74-98.77% in 1.56-1.70 s. oneDNN's kernels run 16 channels faster than
     8 (they block channels by 16), in fp32 too (2.69 against 2.95 s there), so the wider stem
     costs nothing. torch.compile did not make a CPU step faster.
-    Measured (benchmarks/time_to_accuracy.py, one run on each machine; see docs/training.md):
-    99.0-99.1% mean test accuracy over 5 seeds.
+    Measured (2-core Xeon with AMX, 2 threads, one quiet benchmark run): 99.108% mean test accuracy
+    over 5 seeds (99.05-99.15) in 2.2 s of training in bf16, 1/167 of the seed recipe's 367.0 s in
+    fp32; 99.086% in 3.0 s in fp32.
     """
 
     recipe: str = "fastest"
