@@ -140,6 +140,14 @@ def touches_frame(stats: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (x <= 1) | (y <= 1) | (x + bw >= shape[1] - 1) | (y + bh >= shape[0] - 1)
 
 
+def off_frame(mask: np.ndarray) -> np.ndarray:
+    """`mask` less its components that reach the frame's edge."""
+    labels, stats, _ = components(mask)
+    inner = ~touches_frame(stats, mask.shape)
+    inner[0] = False
+    return inner[labels]
+
+
 def stroke_like(stats: np.ndarray, width: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Which components (1..n; index 0 is False) may be pen strokes: not specks, not blobs (too
     thick for their size: a thumb, a hole, a stain), and not long thin lines left over from rules

@@ -144,15 +144,22 @@ def _ink_on(rgb: np.ndarray, full: np.ndarray, invert: bool, several: bool, on_s
     if outside is not None:
         strength[outside] = 0
     noise = photo.noise_level(strength)
-    peak = float(cv2.medianBlur(strength, 3).max())  # the strongest ink, without single-pixel outliers
+    blurred = cv2.medianBlur(strength, 3)  # the strongest ink, without single-pixel outliers
+    peak = float(blurred.max())
     if peak < max(MIN_CONTRAST, NOISE_PEAK * noise):
         return None
+    if sheet:  # slivers of desk or shadow along the sheet's edge are no ink: they must not set the levels,
+        # or faint pencil on the sheet falls below them
+        inner = photo.off_frame(blurred > 0.3 * peak)
+        peak = float(blurred[inner].max()) if inner.any() else peak
     sample = strength[::2, ::2]
     middle = float(np.median(sample))  # of the paper, and its own mottling, as robust spread: ink is a minority
     grain = middle + GRAIN * 1.4826 * float(np.median(np.abs(sample - middle)))
     across, down = rules.rule_lines(strength > max(NOISE_INK * noise, 0.25 * THRESH * peak, grain))
     printed = across | down
     strong = (strength > 0.3 * peak) & ~printed
+    if sheet and photo.off_frame(strong).any():
+        strong = photo.off_frame(strong)
     if not strong.any():
         return None
     level = float(np.percentile(strength[strong], LEVEL_PCT))
