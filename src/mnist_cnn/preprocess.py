@@ -136,9 +136,9 @@ def _ink_on(rgb: np.ndarray, full: np.ndarray, invert: bool, several: bool, on_s
     sheet = on_sheet or outside is not None  # a desk shows: the ink on the sheet is dark
     # The frame's edge says light ink on a dark ground when the desk or a shadow lies along it; the
     # bulk of the image, brighter than that edge, or thin dark strokes then say otherwise.
-    if sheet or invert or np.median(full) > np.median(_ring(full)) + 0.05 or photo.dark_ink(
-            photo.ink_channel(rgb)):
-        strength = photo.even_light(photo.ink_channel(rgb))
+    grey = photo.ink_channel(rgb)  # once: both the polarity test and the light evening read it
+    if sheet or invert or np.median(full) > np.median(_ring(full)) + 0.05 or photo.dark_ink(grey):
+        strength = photo.even_light(grey)
     else:
         strength = photo.light_on_dark(rgb.max(axis=2).astype(np.float32) / 255)
     if outside is not None:
