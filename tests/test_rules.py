@@ -146,3 +146,11 @@ def test_bold_strokes_along_a_line_in_a_strip_are_no_rule():
         cv2.line(mask, (x + 50, 200), (x + 50, 60), 1, thickness=16)
     across, down = rules.rule_lines(mask.astype(bool))
     assert not across.any() and not down.any()
+
+
+def test_median_is_numpys():
+    """The one-partition median of a rule piece's distances gives np.median's value exactly."""
+    rng = np.random.default_rng(3)
+    for values in ([0.3], [0.5, 0.25], [0.1, 0.7, 0.4], [1 / 3, 0.2, 0.2], rng.normal(size=101), rng.normal(size=64)):
+        values = np.asarray(values, np.float64)
+        assert rules._median(values) == float(np.median(values))

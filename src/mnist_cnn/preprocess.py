@@ -136,9 +136,9 @@ def _ink_on(rgb: np.ndarray, full: np.ndarray, invert: bool, several: bool, on_s
     sheet = on_sheet or outside is not None  # a desk shows: the ink on the sheet is dark
     # The frame's edge says light ink on a dark ground when the desk or a shadow lies along it; the
     # bulk of the image, brighter than that edge, or thin dark strokes then say otherwise.
-    if sheet or invert or np.median(full) > np.median(_ring(full)) + 0.05 or photo.dark_ink(
-            photo.ink_channel(rgb)):
-        strength = photo.even_light(photo.ink_channel(rgb))
+    grey = photo.ink_channel(rgb)  # once: both the polarity test and the light evening read it
+    if sheet or invert or np.median(full) > np.median(_ring(full)) + 0.05 or photo.dark_ink(grey):
+        strength = photo.even_light(grey)
     else:
         strength = photo.light_on_dark(rgb.max(axis=2).astype(np.float32) / 255)
     if outside is not None:
@@ -178,8 +178,10 @@ def _ink_on(rgb: np.ndarray, full: np.ndarray, invert: bool, several: bool, on_s
         return None
     level = float(np.percentile(strength[digit], LEVEL_PCT))
     threshold = max(THRESH * level, NOISE_INK * noise)
-    labels, n = label_components(digit & (strength > threshold))
-    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    # The components' areas come with their labels (a bincount over the frame cost as much again).
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((digit & (strength > threshold)).astype(np.uint8),
+                                                           connectivity=8, ltype=cv2.CV_32S)
+    n, areas = n - 1, stats[1:, cv2.CC_STAT_AREA]
     lut = np.zeros(n + 1, dtype=np.int32)  # the grain that the digit's own threshold leaves is specks
     keep = areas >= max(2, SPECK * areas.max(initial=0))
     lut[1:][keep] = np.arange(1, keep.sum() + 1)
