@@ -15,10 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_cnn import checkpoint, data, images, models, reader
+from mnist_cnn import checkpoint, data, images, models, precision, reader
 from mnist_cnn.cli import main
+from mnist_cnn.errors import ConfigError
 from mnist_cnn.lines import make_lines, soften
 from mnist_cnn.predict import Predictor, holds_several, owners
+from mnist_cnn.recipes import ReaderConfig
 
 DIGITS = Path(__file__).parent / "data" / "mnist_test_digits.png"
 B = reader.BLANK
@@ -115,6 +117,29 @@ def test_a_piece_left_without_a_digit_takes_the_peak_between_it_and_its_neighbou
     assert owners([137.7, 319.7, 428.9, 574.5, 647.3], spans) == [0, 1, 2, 3, 4]  # is nearer the 7's piece
     assert owners([76.0, 494.6, 540.0], [(40, 103), (498, 582)]) == [0, 1, 1]  # a 1 by a 0, its peak off the ink
     assert owners([60.0, 80.0], [(50, 100), (120, 160)]) == [0, 0]  # both peaks over the first piece: kept
+
+
+def _reader_steps(name: str) -> torch.nn.Module:
+    """Two CTC steps of a tiny reader on the same lines, in precision `name`."""
+    torch.manual_seed(0)
+    net = models.build_model("line_reader", widths=[8, 16, 16], hidden=16, context=1)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    ctc = torch.nn.CTCLoss(blank=B, zero_infinity=True)
+    lines, labels = torch.rand(4, 28, 60), torch.randint(0, 10, (4, 3), generator=torch.Generator().manual_seed(0))
+    prec = precision.Precision(name, "requested")
+    for _ in range(2):
+        reader.train_one_step(net, opt, lines, labels, ctc, prec)
+    return net
+
+
+def test_reader_training_runs_its_forward_in_bf16_and_keeps_fp32_weights():
+    bf16, fp32 = _reader_steps("bf16"), _reader_steps("fp32")
+    assert all(t.dtype == torch.float32 for t in bf16.state_dict().values() if t.is_floating_point())
+    diff = max((a - b).abs().max().item() for a, b in zip(bf16.parameters(), fp32.parameters()))
+    assert 1e-5 < diff < 0.05  # bf16 really ran (its rounding shows), and stays close to fp32
+    assert ReaderConfig().precision == "auto"
+    with pytest.raises(ConfigError, match="precision"):
+        ReaderConfig(precision="fp8")
 
 
 # ------------------------------------------------ the shipped reader on known digits
