@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_cnn import checkpoint, data, images, models, precision, reader
+from mnist_cnn import checkpoint, data, images, models, precision, reader, segment
 from mnist_cnn.cli import main
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.lines import make_lines, soften
@@ -117,6 +117,41 @@ def test_a_piece_left_without_a_digit_takes_the_peak_between_it_and_its_neighbou
     assert owners([137.7, 319.7, 428.9, 574.5, 647.3], spans) == [0, 1, 2, 3, 4]  # is nearer the 7's piece
     assert owners([76.0, 494.6, 540.0], [(40, 103), (498, 582)]) == [0, 1, 1]  # a 1 by a 0, its peak off the ink
     assert owners([60.0, 80.0], [(50, 100), (120, 160)]) == [0, 0]  # both peaks over the first piece: kept
+
+
+def test_a_digit_broken_into_short_pieces_that_share_columns_is_one_digit_not_part_of_its_neighbour():
+    labels = np.zeros((50, 140), dtype=np.int32)
+    labels[10:40, 0:20] = 1  # a whole digit (a 6)
+    labels[10:18, 30:50] = 2  # a 5's bar ...
+    labels[26:40, 25:34] = 3  # ... and its bowl, sharing columns 30-33 with it, each under half a digit's height
+    labels[10:40, 60:80] = 4
+    labels[10:40, 90:110] = 5
+    blobs = segment.digit_blobs(labels, 5)
+    assert [sorted(np.unique(labels[m]).tolist()) for m, _ in blobs] == [[1], [2, 3], [4], [5]]
+
+
+class Counting:
+    """A fake classifier: digit 3 at logit `margin` over the rest, and how many images each call saw."""
+
+    def __init__(self, margin: float):
+        self.margin, self.calls = margin, []
+
+    def __call__(self, x):
+        self.calls.append(len(x))
+        logits = torch.zeros(len(x), 10)
+        logits[:, 3] = self.margin
+        return logits
+
+
+def test_a_numbers_pieces_get_tta_only_when_one_pass_is_unsure():
+    meta = {"mean": 0.1307, "std": 0.3081, "classes": [str(i) for i in range(10)], "config": {"tta": True}}
+    x = torch.zeros(4, 28, 28, dtype=torch.uint8)
+    x[:, 4:24, 12:16] = 255
+    sure = Counting(margin=10.0)  # p(3) > 0.99: one pass, no shifted copies
+    assert [p.digit for p in Predictor(sure, meta).classify_pieces(x)] == [3] * 4 and sure.calls == [4]
+    shaky = Counting(margin=1.0)  # p(3) ~ 0.23: read again, with the five TTA shifts
+    preds = Predictor(shaky, meta).classify_pieces(x)
+    assert shaky.calls == [4] + [4] * 5 and all(p.status == "unsure" for p in preds)
 
 
 def _reader_steps(name: str) -> torch.nn.Module:
