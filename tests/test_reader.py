@@ -110,6 +110,8 @@ def test_a_piece_one_digit_wide_holds_two_only_when_the_reader_is_sure_of_both()
     assert not holds_several(shaky, narrow=True)  # one digit the reader split
     assert holds_several(shaky, narrow=False)  # a wide piece: the reader's count
     assert not holds_several(sure[:1], narrow=False)
+    fair = [reader.Peak(1, 0.99, 3, 2, 4, 0.0), reader.Peak(7, 0.8, 8, 7, 9, 0.0)]
+    assert holds_several(fair, narrow=True)  # a 1 hidden in its 7's piece, read at 0.8 (lost at SURE_SPLIT 0.9)
 
 
 def test_a_piece_left_without_a_digit_takes_the_peak_between_it_and_its_neighbour():
