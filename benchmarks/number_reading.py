@@ -24,8 +24,9 @@ from roundtrip import _paper
 SETS = ("apart", "half-touching", "overlapping")
 
 
-def compose(digits: list[torch.Tensor], kind: str, rng: np.random.Generator) -> bytes:
-    """MNIST digits side by side on a page, each cropped to its ink columns, gaps as `kind` says."""
+def layout(digits: list[torch.Tensor], kind: str, rng: np.random.Generator):
+    """MNIST digits side by side, each cropped to its ink columns, gaps as `kind` says -> (the page's ink (H, W)
+    in [0, 1], its scale, each digit's ink columns (x0, x1) on the page), before paper, blur and encoding."""
     scale = rng.uniform(3, 6)
     crops = []
     for d in digits:
@@ -43,13 +44,25 @@ def compose(digits: list[torch.Tensor], kind: str, rng: np.random.Generator) -> 
     w = int(sum(c.shape[1] for c in crops) + sum(gaps)) + 2 * margin + 1
     line = np.zeros((28 + 2 * margin, w), dtype=np.float32)
     x = float(margin)
+    spans = []
     for i, c in enumerate(crops):
         x0 = int(round(x))
         region = line[margin:margin + 28, x0:x0 + c.shape[1]]
         np.maximum(region, c[:, :region.shape[1]], out=region)
+        spans.append((x0, x0 + region.shape[1]))
         x += c.shape[1] + (gaps[i] if i < len(gaps) else 0)
     size = (round(line.shape[1] * scale), round(line.shape[0] * scale))
     page = np.asarray(Image.fromarray(line, "F").resize(size, Image.Resampling.BILINEAR)).clip(0, 1)
+    sx = size[0] / line.shape[1]
+    return page, scale, [(a * sx, b * sx) for a, b in spans]
+
+
+def compose(digits: list[torch.Tensor], kind: str, rng: np.random.Generator, spans: list | None = None) -> bytes:
+    """MNIST digits side by side on a page, each cropped to its ink columns, gaps as `kind` says; each
+    digit's ink columns in image pixels are appended to `spans` when it is given."""
+    page, scale, where = layout(digits, kind, rng)
+    if spans is not None:
+        spans += where
     return _paper(page, scale, rng, canvas=rng.random() < 0.2)
 
 

@@ -15,10 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_cnn import checkpoint, data, images, models, reader
+from mnist_cnn import checkpoint, data, images, models, precision, reader, segment
 from mnist_cnn.cli import main
+from mnist_cnn.errors import ConfigError
 from mnist_cnn.lines import make_lines, soften
 from mnist_cnn.predict import Predictor, holds_several, owners
+from mnist_cnn.recipes import ReaderConfig
 
 DIGITS = Path(__file__).parent / "data" / "mnist_test_digits.png"
 B = reader.BLANK
@@ -108,6 +110,8 @@ def test_a_piece_one_digit_wide_holds_two_only_when_the_reader_is_sure_of_both()
     assert not holds_several(shaky, narrow=True)  # one digit the reader split
     assert holds_several(shaky, narrow=False)  # a wide piece: the reader's count
     assert not holds_several(sure[:1], narrow=False)
+    fair = [reader.Peak(1, 0.99, 3, 2, 4, 0.0), reader.Peak(7, 0.8, 8, 7, 9, 0.0)]
+    assert holds_several(fair, narrow=True)  # a 1 hidden in its 7's piece, read at 0.8 (lost at SURE_SPLIT 0.9)
 
 
 def test_a_piece_left_without_a_digit_takes_the_peak_between_it_and_its_neighbour():
@@ -115,6 +119,64 @@ def test_a_piece_left_without_a_digit_takes_the_peak_between_it_and_its_neighbou
     assert owners([137.7, 319.7, 428.9, 574.5, 647.3], spans) == [0, 1, 2, 3, 4]  # is nearer the 7's piece
     assert owners([76.0, 494.6, 540.0], [(40, 103), (498, 582)]) == [0, 1, 1]  # a 1 by a 0, its peak off the ink
     assert owners([60.0, 80.0], [(50, 100), (120, 160)]) == [0, 0]  # both peaks over the first piece: kept
+
+
+def test_a_digit_broken_into_short_pieces_that_share_columns_is_one_digit_not_part_of_its_neighbour():
+    labels = np.zeros((50, 140), dtype=np.int32)
+    labels[10:40, 0:20] = 1  # a whole digit (a 6)
+    labels[10:18, 30:50] = 2  # a 5's bar ...
+    labels[26:40, 25:34] = 3  # ... and its bowl, sharing columns 30-33 with it, each under half a digit's height
+    labels[10:40, 60:80] = 4
+    labels[10:40, 90:110] = 5
+    blobs = segment.digit_blobs(labels, 5)
+    assert [sorted(np.unique(labels[m]).tolist()) for m, _ in blobs] == [[1], [2, 3], [4], [5]]
+
+
+class Counting:
+    """A fake classifier: digit 3 at logit `margin` over the rest, and how many images each call saw."""
+
+    def __init__(self, margin: float):
+        self.margin, self.calls = margin, []
+
+    def __call__(self, x):
+        self.calls.append(len(x))
+        logits = torch.zeros(len(x), 10)
+        logits[:, 3] = self.margin
+        return logits
+
+
+def test_a_numbers_pieces_get_tta_only_when_one_pass_is_unsure():
+    meta = {"mean": 0.1307, "std": 0.3081, "classes": [str(i) for i in range(10)], "config": {"tta": True}}
+    x = torch.zeros(4, 28, 28, dtype=torch.uint8)
+    x[:, 4:24, 12:16] = 255
+    sure = Counting(margin=10.0)  # p(3) > 0.99: one pass, no shifted copies
+    assert [p.digit for p in Predictor(sure, meta).classify_pieces(x)] == [3] * 4 and sure.calls == [4]
+    shaky = Counting(margin=1.0)  # p(3) ~ 0.23: read again, with the five TTA shifts
+    preds = Predictor(shaky, meta).classify_pieces(x)
+    assert shaky.calls == [4] + [4] * 5 and all(p.status == "unsure" for p in preds)
+
+
+def _reader_steps(name: str) -> torch.nn.Module:
+    """Two CTC steps of a tiny reader on the same lines, in precision `name`."""
+    torch.manual_seed(0)
+    net = models.build_model("line_reader", widths=[8, 16, 16], hidden=16, context=1)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    ctc = torch.nn.CTCLoss(blank=B, zero_infinity=True)
+    lines, labels = torch.rand(4, 28, 60), torch.randint(0, 10, (4, 3), generator=torch.Generator().manual_seed(0))
+    prec = precision.Precision(name, "requested")
+    for _ in range(2):
+        reader.train_one_step(net, opt, lines, labels, ctc, prec)
+    return net
+
+
+def test_reader_training_runs_its_forward_in_bf16_and_keeps_fp32_weights():
+    bf16, fp32 = _reader_steps("bf16"), _reader_steps("fp32")
+    assert all(t.dtype == torch.float32 for t in bf16.state_dict().values() if t.is_floating_point())
+    diff = max((a - b).abs().max().item() for a, b in zip(bf16.parameters(), fp32.parameters()))
+    assert 1e-5 < diff < 0.05  # bf16 really ran (its rounding shows), and stays close to fp32
+    assert ReaderConfig().precision == "auto"
+    with pytest.raises(ConfigError, match="precision"):
+        ReaderConfig(precision="fp8")
 
 
 # ------------------------------------------------ the shipped reader on known digits

@@ -115,7 +115,8 @@ def cmd_train_reader(args) -> int:
     from .recipes import ReaderConfig
     from .runs import new_run_dir
 
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                 "precision": args.precision}
     cfg = ReaderConfig(**{k: v for k, v in overrides.items() if v is not None})
     device = pick_device(args.device)
     run_dir = Path(args.out or new_run_dir(cfg.recipe))

@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int_in(1), metavar="N", help="lines per step (default: the recipe's)")
     p.add_argument("--lr", type=positive, help="peak learning rate, AdamW one-cycle (default: the recipe's)")
     p.add_argument("--seed", type=int, help="seeds the weights and the lines (default: 0)")
+    p.add_argument("--precision", choices=PRECISIONS, help="the training step's arithmetic, as for train: auto "
+                   "picks bf16 autocast where the hardware does bf16 natively; the saved reader stays fp32 "
+                   "(default: the recipe's, auto)")
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder (default: runs/reader-TIME)")
     device(p)
 

@@ -26,8 +26,16 @@ from .inputs import as_pixels
 # the piece is one digit, the classifier's). Chosen on 216 numbers of MNIST validation digits composed as
 # benchmarks/number_reading.py composes them: of the touching or overlapping ones, 16 whose 1 (or other narrow
 # digit) the piece's width hid were read right by the reader, all at >= 0.96 but 4 (0.60-0.82); the 2 apart
-# digits it split in two peaked at 0.61-0.77.
-SURE_SPLIT = 0.9
+# digits it split in two peaked at 0.61-0.77 (with the 3,500-step reader). With the 8,000-step reader, on 1,080
+# numbers of dev seeds 1-2 of benchmarks/number_reading.py (benchmarks/number_failures.py), 0.9 read 86.7% /
+# 88.9% of half-touching / overlapping numbers exactly and 80.0% of ten-digit ones, 0.75 read 88.1% / 89.2% / 82.5%
+# (12 -> 6 numbers whose 1 hid in its neighbour's piece, no more single digits split, apart ones alike), and
+# 0.6 read 88.3% / 89.2% / 83.3% but split one more single digit in two.
+SURE_SPLIT = 0.75
+# A whole piece of a number is read by one pass of the classifier, and again with the checkpoint's test-time
+# augmentation only when that pass is below this: on 540 numbers of dev seed 1 of benchmarks/number_reading.py
+# the numbers read were the same as with TTA on every piece (at 0.9, 0.99 and 0.999), at a fraction of the time.
+TTA_BELOW = 0.9
 MIN_CONFIDENCE = 0.5  # below this calibrated probability the answer is "unsure" (0.2% of MNIST's test digits)
 
 
@@ -183,6 +191,17 @@ class Predictor:
             out += [self._prediction(p, img) for p, img in zip(probs, batch.cpu())]
         return out
 
+    def classify_pieces(self, x: torch.Tensor) -> list[Prediction]:
+        """MNIST-form uint8 digits (N, 28, 28) of a number: one pass each, and the checkpoint's TTA (when its
+        recipe has it) only for those that pass leaves below TTA_BELOW."""
+        if not self.tta:
+            return self.predict_arrays(x)
+        probs = predict_logits(self.model, x.to(self.device), self.meta["mean"], self.meta["std"]).cpu().float().softmax(1)
+        again = probs.amax(1) < TTA_BELOW
+        if again.any():
+            probs[again] = self.logits(x[again]).float().softmax(1)
+        return [self._prediction(p, img) for p, img in zip(probs, x.cpu())]
+
     def _prediction(self, probs: torch.Tensor, processed: torch.Tensor) -> Prediction:
         return self._answer(probs, processed, preprocess.doubt(processed) or self._too_low(probs))
 
@@ -247,6 +266,23 @@ class Predictor:
         page = segment.number_page(img)
         if page is None:
             return NumberPrediction(text="", digits=[], status="empty")
+        reading, items = self.number_parts(page, deadline)
+        crops = torch.stack([preprocess.render(page, part) for _, part, _ in items])
+        alone = [i for i, (_, _, a) in enumerate(items) if a]
+        classified = dict(zip(alone, self.classify_pieces(crops[alone]))) if alone else {}
+        preds, boxes = [], []
+        for i, (peak, part, _) in enumerate(items):
+            y0, y1, x0, x1 = bbox(part)
+            boxes.append([x0 * page.factor, y0 * page.factor, x1 * page.factor, y1 * page.factor])
+            preds.append(classified[i] if i in classified else self._read_digit(reading, peak, crops[i]))
+        text = "".join("?" if p.digit is None else str(p.digit) for p in preds)
+        status = "ok" if preds and "?" not in text else "unsure"
+        return NumberPrediction(text=text, digits=preds, status=status, boxes=boxes)
+
+    def number_parts(self, page: preprocess.Page, deadline: float | None = None) -> tuple[reader.Reading, list]:
+        """The sequence reader's reading of a number's ink, and what each digit is read from, left to right:
+        (the reader's peak or None, the ink it is read from, whether that is a piece read whole by the
+        classifier)."""
         mask = page.labels > 0
         reading = self.reader.read(page, mask)
         segment.check_deadline(deadline)
@@ -263,7 +299,7 @@ class Predictor:
         # sequence reader read everything); cutting a touching piece where the classifier is surest, with the
         # reader's count, read 81% and 69% of half-touching and overlapping numbers of validation digits,
         # against 87% and 76% for the sequence reader's own digits.
-        items = []  # (peak or None, the ink it is read from, whether that is the digit alone)
+        items = []
         for b, blob in enumerate(blobs):
             mine = [i for i, o in enumerate(owner) if o == b]
             if not holds_several([reading.peaks[i] for i in mine], narrow=max(pieces[b][1]) == 1):
@@ -273,17 +309,7 @@ class Predictor:
                 x0, x1 = reading.spans[i]
                 part = blob & (columns >= x0) & (columns < x1)
                 items.append((reading.peaks[i], part if part.any() else blob, False))
-        crops = torch.stack([preprocess.render(page, part) for _, part, _ in items])
-        alone = [i for i, (_, _, a) in enumerate(items) if a]
-        classified = dict(zip(alone, self.predict_arrays(crops[alone]))) if alone else {}
-        preds, boxes = [], []
-        for i, (peak, part, _) in enumerate(items):
-            y0, y1, x0, x1 = bbox(part)
-            boxes.append([x0 * page.factor, y0 * page.factor, x1 * page.factor, y1 * page.factor])
-            preds.append(classified[i] if i in classified else self._read_digit(reading, peak, crops[i]))
-        text = "".join("?" if p.digit is None else str(p.digit) for p in preds)
-        status = "ok" if preds and "?" not in text else "unsure"
-        return NumberPrediction(text=text, digits=preds, status=status, boxes=boxes)
+        return reading, items
 
     def _read_digit(self, reading, peak, processed: torch.Tensor) -> Prediction:
         """A digit the sequence reader read among touching ones: its peak's probabilities."""

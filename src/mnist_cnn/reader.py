@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, models
+from . import checkpoint, models, precision
 from .data import MNIST_MEAN, MNIST_STD
 from .imageops import bbox, dilate, stroke_width
 from .lines import FIELD, PAD, make_lines, soften, thicken
@@ -223,15 +223,22 @@ def evaluate_lines(model, lines: list[tuple[torch.Tensor, torch.Tensor]]) -> dic
     return {"exact": 100 * exact / len(lines), "count": 100 * counted / len(lines)}
 
 
-def train_one_step(model, opt, lines, labels, ctc) -> float:
+def train_one_step(model, opt, lines, labels, ctc, prec: precision.Precision | None = None, scaler=None) -> float:
+    """One optimizer step; the network's forward under `prec`'s autocast (bf16 convolutions run about twice as
+    fast on a CPU with AMX), the CTC loss and the weights in fp32."""
     model.train()
-    log_probs = model(normalize(lines)).log_softmax(2).transpose(0, 1)  # (T, B, 11)
+    prec = prec or precision.Precision("fp32", "")
+    scaler = scaler or prec.scaler(lines.device)
+    with prec.autocast(lines.device):
+        logits = model(normalize(lines))
+    log_probs = logits.float().log_softmax(2).transpose(0, 1)  # (T, B, 11): the CTC loss in fp32
     t, b = log_probs.shape[:2]
     loss = ctc(log_probs, labels, torch.full((b,), t, dtype=torch.long),
                torch.full((b,), labels.shape[1], dtype=torch.long))
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    scaler.scale(loss).backward()  # a pass-through but for fp16
+    scaler.step(opt)
+    scaler.update()
     return float(loss.detach())
 
 
@@ -245,6 +252,9 @@ def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ctc = torch.nn.CTCLoss(blank=BLANK, zero_infinity=True)
+    prec = precision.resolve(cfg.precision, device)
+    scaler = prec.scaler(device)
+    log(f"precision {prec.name} ({prec.reason})")
     val = val_set(val_x, val_y, cfg)
     history, t0, losses = [], time.perf_counter(), []
     for step in range(cfg.steps):
@@ -252,7 +262,8 @@ def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m
             group["lr"] = lr_at(step, cfg)
         length = int(torch.randint(1, cfg.max_digits + 1, (1,), generator=g))
         lines, labels, _ = make_lines(train_x, train_y, cfg.batch_size, length, g)
-        losses.append(train_one_step(model, opt, soften(thicken(lines, g), g).to(device), labels.to(device), ctc))
+        losses.append(train_one_step(model, opt, soften(thicken(lines, g), g).to(device), labels.to(device), ctc,
+                                     prec, scaler))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             row = {"step": step + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
                    **{f"val_{k}": v for k, v in evaluate_lines(model, val).items()}}
@@ -262,7 +273,7 @@ def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m
                 f"count {row['val_count']:.1f}% ({row['seconds']:.0f} s)")
     model.eval().cpu()
     metrics = {"val_exact": history[-1]["val_exact"], "val_count": history[-1]["val_count"],
-               "train_seconds": history[-1]["seconds"]}
+               "train_seconds": history[-1]["seconds"], **prec.record()}
     meta = checkpoint.make_metadata(cfg.model, cfg.model_args, MNIST_MEAN, MNIST_STD, dataclasses.asdict(cfg),
                                     metrics)
     meta["input"] = "(B, 1, 28, W) float32: a line of white ink on black, uint8 / 255, then (x - mean) / std"

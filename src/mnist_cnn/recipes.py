@@ -341,9 +341,11 @@ class ReaderConfig:
     val_lines: int = 500  # validation lines (lengths 1..max_digits, mixed gaps), read every `log_every` steps
     log_every: int = 250
     seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: the training step's autocast (precision.py); weights stay fp32
 
     def __post_init__(self):
-        checks = {"steps": self.steps >= 1, "batch_size": self.batch_size >= 1,
+        checks = {"precision": self.precision in PRECISIONS, "steps": self.steps >= 1,
+                  "batch_size": self.batch_size >= 1,
                   "max_digits": 1 <= self.max_digits <= 32, "lr": self.lr > 0, "warmup": 0 <= self.warmup < 1,
                   "weight_decay": self.weight_decay >= 0, "val_size": 0 < self.val_size < 60000,
                   "val_lines": self.val_lines >= 1, "log_every": self.log_every >= 1}

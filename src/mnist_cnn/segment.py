@@ -91,6 +91,21 @@ def digit_blobs(labels: np.ndarray, count: int) -> list[tuple[np.ndarray, tuple[
     sizes = np.array([areas[g].sum() for g in groups])
     heights = np.array([y1 - y0 for y0, y1, _, _ in spans])
     height = float(np.median(heights[sizes >= 0.25 * sizes.max()]))  # a digit's height in this number
+    # Short groups that share columns are the pieces of one digit broken apart (a 5's bar over the rest of
+    # it, sharing a few columns); together as tall as a digit, they are that digit, not pieces to hand to its
+    # neighbours (on dev seeds of benchmarks/number_reading.py such a 5 was joined to the 6 beside it).
+    a = 0
+    while a < len(groups):
+        b = next((b for b in range(a + 1, len(groups)) if max(heights[a], heights[b]) < 0.5 * height
+                  and _overlap(spans[a], spans[b]) > 0
+                  and _height(_span(boxes, groups[a] + groups[b])) >= 0.5 * height), None)
+        if b is None:
+            a += 1
+            continue
+        groups[a] += groups.pop(b)
+        spans = [_span(boxes, g) for g in groups]
+        sizes = np.array([areas[g].sum() for g in groups])
+        heights = np.array([_height(s) for s in spans])
     # A short, light group is a piece of a digit (a 5's detached bar), not a digit: attach it to
     # the digit it overlaps most, or the nearest; far from every digit, it is a stray mark.
     piece = (heights < 0.5 * height) & (sizes < 0.5 * np.median(sizes))
@@ -127,6 +142,10 @@ def digit_blobs(labels: np.ndarray, count: int) -> list[tuple[np.ndarray, tuple[
 def _span(boxes, group):
     b = np.array([boxes[i] for i in group])
     return int(b[:, 0].min()), int(b[:, 1].max()), int(b[:, 2].min()), int(b[:, 3].max())
+
+
+def _height(span) -> int:
+    return span[1] - span[0]
 
 
 def _overlap(a, b) -> float:
