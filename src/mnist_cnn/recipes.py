@@ -100,6 +100,7 @@ class SeedConfig(TrainConfig):
     momentum: float = 0.95
     normalize: bool = False  # the notebook used ToTensor() alone
     val_size: int = 0
+    precision: str = "fp32"  # the notebook's arithmetic, even where `auto` would pick bf16 (--precision bf16 may)
 
 
 @dataclass
