@@ -158,8 +158,8 @@ def _ink_on(rgb: np.ndarray, full: np.ndarray, invert: bool, several: bool, on_s
     across, down = rules.rule_lines(strength > max(NOISE_INK * noise, 0.25 * THRESH * peak, grain))
     printed = across | down
     strong = (strength > 0.3 * peak) & ~printed
-    if sheet and photo.off_frame(strong).any():
-        strong = photo.off_frame(strong)
+    inner = photo.off_frame(strong) if sheet else strong
+    strong = inner if inner.any() else strong
     if not strong.any():
         return None
     level = float(np.percentile(strength[strong], LEVEL_PCT))
