@@ -410,10 +410,16 @@ def _boxes(*boxes) -> tuple[np.ndarray, np.ndarray]:
     return labels, stats
 
 
-def _choose_number(labels, stats) -> np.ndarray:
+def _choose(labels, stats, several: bool, widths=None) -> np.ndarray:
+    """photo.choose over every component; each box stands for ink drawn with an 8-px pen (or thinner)."""
     keep = np.ones(len(stats), bool)
     keep[0] = False
-    return photo.choose(labels, stats, keep, several=True)
+    widths = np.minimum(np.minimum(stats[:, 2], stats[:, 3]), 8) if widths is None else np.asarray(widths)
+    return photo.choose(labels, stats, widths, keep, several)
+
+
+def _choose_number(labels, stats) -> np.ndarray:
+    return _choose(labels, stats, several=True)
 
 
 DIGITS = [(300, 300, 40, 60), (360, 302, 40, 60), (420, 304, 40, 60)]  # three digits 60 px high along a line
@@ -482,10 +488,8 @@ def test_a_sheet_shaded_over_the_middle_is_the_paper_with_its_shade():
     assert mask[300, 400] and mask[500, 600] and not mask[10, 10] and not mask[590, 790]
 
 
-def _choose_digit(labels, stats) -> np.ndarray:
-    keep = np.ones(len(stats), bool)
-    keep[0] = False
-    return photo.choose(labels, stats, keep, several=False)
+def _choose_digit(labels, stats, widths=None) -> np.ndarray:
+    return _choose(labels, stats, several=False, widths=widths)
 
 
 def test_a_digit_in_pieces_outweighs_its_biggest_piece():
@@ -504,3 +508,27 @@ def test_ink_running_into_the_frame_does_not_outweigh_a_framed_digit():
     desk = [(0, 100, 150, 400)] + [(160 + 45 * (i % 3), 110 + 100 * (i // 3), 40, 90) for i in range(12)]
     chosen = _choose_digit(*_boxes(digit, *desk))
     assert chosen[1] and not chosen[2:].any(), chosen
+
+
+def test_a_line_from_the_frames_edge_does_not_join_the_digit_whose_box_it_holds():
+    """A grid line the rule finder missed, bent at the sheet's corner, runs from the frame's edge to just
+    above the digit: its box comes within reach (and holds the digit's). Joined, it made the crop the
+    whole sheet, and a 2 on squared paper was read as 3 at 99%."""
+    labels = np.zeros((600, 800), np.int32)
+    labels[250:330, 420:470] = 1  # the digit
+    labels[240:246, 0:520] = labels[0:246, 514:520] = 2  # the line, one component reaching the frame's edge
+    stats = np.array([(0, 0, 800, 600, 0), (420, 250, 50, 80, 4000), (0, 0, 520, 246, 520 * 6 + 240 * 6)])
+    chosen = _choose_digit(labels, stats)
+    assert chosen[1] and not chosen[2], chosen
+
+
+def test_a_wedge_of_shadow_does_not_outweigh_a_fine_pen_stroke():
+    """A hard shadow's wedge low in the frame holds six times the pixels of a 1 in a fine pen beside the
+    middle, but it is a solid region, not a stroke: the 1 is the digit (weighed by its pixels, the
+    wedge was, and the photo it comes from was read as a 7 at 97%)."""
+    mask = np.zeros((1024, 1024), np.uint8)
+    cv2.line(mask, (700, 560), (830, 320), 1, 20)  # the 1
+    cv2.fillPoly(mask, [np.array([(300, 760), (640, 990), (330, 1000)])], 1)  # the wedge
+    labels, stats, widths = photo.components(mask.astype(bool))
+    chosen = photo.choose(labels, stats, widths, photo.stroke_like(stats, widths, mask.shape), several=False)
+    assert chosen.tolist() == [False, True, False], (stats, widths)

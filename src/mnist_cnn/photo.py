@@ -26,6 +26,8 @@ CLEAR_INK = 0.15  # ink strength that is surely ink, to measure the strokes by
 SPECK = 0.04  # components under this fraction of the largest are specks
 ANCHORS, ANCHOR_MARGIN = 3, 1.5  # one digit is grown from each of this many of the biggest components; a
 # growth from another than the biggest is kept when it holds this many times the ink
+PEN_SHARE = 0.1  # the boldest stroke a digit's ink is counted at, of its longest side (a pen's stroke is about
+# 0.08 of a digit's height, a felt pen's 0.2; a wedge of shadow was 0.32)
 BLOB_FILL, BLOB_DEPTH, BLOB_ASPECT = 0.7, 0.8, 2.5  # a blob fills this much of its box, is this thick for
 # its shorter side, and is no longer than this for its width: a stain or a thumb (a 6 with its loop inked in
 # fills far less of its box; a 1 is longer)
@@ -170,12 +172,13 @@ def stroke_like(stats: np.ndarray, width: np.ndarray, shape: tuple[int, int]) ->
     return ok & ~line
 
 
-def choose(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, several: bool) -> np.ndarray:
+def choose(labels: np.ndarray, stats: np.ndarray, width: np.ndarray, keep: np.ndarray, several: bool) -> np.ndarray:
     """The ink that is the digit (or, `several`, the number): bool (n,) over components.
 
-    A person frames the digit: its ink is big, near the middle of the frame, and does not touch the
-    border (a sheet's edge, a cut-off scrawl). The few biggest such components are each grown by the
-    pieces near them (a 5's detached bar, a stroke broken by a grid's line); for a number, by the
+    A person frames the digit: its strokes are long, near the middle of the frame, and do not touch the
+    border (a sheet's edge, a cut-off scrawl). `width` is each component's widest stroke (`components`).
+    The few longest such components are each grown by the pieces near them that stay clear of the frame's
+    edge (a 5's detached bar, a stroke broken by a grid's line); for a number, by the
     components of a like height along its line too, one after another. The growth that holds the
     most ink, weighted towards the middle, is the digit: a digit in pieces outweighs its biggest piece.
     """
@@ -184,26 +187,31 @@ def choose(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, several: boo
     cx, cy = x + bw / 2, y + bh / 2
     border = touches_frame(stats, labels.shape)
     off = np.hypot((cx - w / 2) / w, (cy - h / 2) / h)
-    score = np.where(keep, area * np.exp(-(off / 0.35) ** 2), -1)
+    # Ink is weighed as if no stroke were bolder than PEN_SHARE of its component's longest side: a wedge of
+    # hard shadow holds more pixels than a fine pen's digit, but is no stroke (a 1 was read as the wedge, a 7).
+    ink = area * np.minimum(1, PEN_SHARE * np.maximum(bw, bh) / np.maximum(width, 1))
+    score = np.where(keep, ink * np.exp(-(off / 0.35) ** 2), -1)
     if (keep & ~border).any():  # ink cut by the frame (a desk's grain, a sheet's edge) only when nothing else
         score[border] = -1
     if score.max() <= 0:
         return np.zeros(len(stats), bool)
     anchors = [int(i) for i in np.argsort(-score)[:1 if several else ANCHORS] if score[i] > 0]
-    grown = [_grow(a, stats, keep, border, several) for a in anchors]
+    grown, framed = zip(*(_grow(a, stats, keep, border, several) for a in anchors))
     # Another growth must hold clearly more ink than the biggest piece's, and stay clear of the frame's
     # edge (ink that runs into it is the desk, or a sheet's edge, not a framed digit).
-    weight = [float(np.maximum(score, 0)[chosen].sum()) * (i == 0 or not border[chosen].any())
-              for i, chosen in enumerate(grown)]
+    weight = [float(np.maximum(score, 0)[chosen].sum()) * (i == 0 or not edge)
+              for i, (chosen, edge) in enumerate(zip(grown, framed))]
     best = int(np.argmax(weight))
     return grown[best] if weight[best] > ANCHOR_MARGIN * weight[0] else grown[0]
 
 
-def _grow(anchor: int, stats: np.ndarray, keep: np.ndarray, border: np.ndarray, several: bool) -> np.ndarray:
-    """The components that join `anchor`, one after another: bool (n,)."""
+def _grow(anchor: int, stats: np.ndarray, keep: np.ndarray, border: np.ndarray, several: bool) -> tuple[np.ndarray, bool]:
+    """The components that join `anchor`, one after another: (bool (n,), whether ink that reaches the frame's
+    edge came within their reach)."""
     x, y, bw, bh = (stats[:, i].astype(np.float64) for i in range(4))
     chosen = np.zeros(len(stats), bool)
     chosen[anchor] = True
+    edge = bool(border[anchor])
     grown = True
     while grown:
         grown = False
@@ -216,9 +224,13 @@ def _grow(anchor: int, stats: np.ndarray, keep: np.ndarray, border: np.ndarray, 
             # A number's pieces are near one digit, not the whole line: else each piece joined widens
             # the reach, and stray ink (a grid's leftovers) joins piece by piece.
             reach = 0.25 * (bh[anchor] if several else height)
+            # Ink that reaches the frame's edge (a sheet's outline, a grid line the rule finder missed) is no
+            # piece of a framed digit, however near its box comes: its box may hold the whole digit.
             near = gap_x <= reach and gap_y <= reach
+            edge |= bool(near and border[i])
+            near &= border[anchor] or not border[i]
             in_line = (several and gap_x <= 1.2 * height and gap_y <= 0.1 * height
                        and 0.3 * height <= bh[i] <= 1.8 * height and not border[i])
             if near or in_line:
                 chosen[i] = grown = True
-    return chosen
+    return chosen, edge

@@ -172,7 +172,7 @@ def _ink_on(rgb: np.ndarray, full: np.ndarray, invert: bool, several: bool, on_s
     candidates = rules.remove_rules(strength > low, wide, strength, level)
     strength = np.where(printed & ~candidates, 0, strength).astype(np.float32)  # the rules' grey levels go too
     labels, stats, widths = photo.components(candidates)
-    chosen = photo.choose(labels, stats, photo.stroke_like(stats, widths, labels.shape), several)
+    chosen = photo.choose(labels, stats, widths, photo.stroke_like(stats, widths, labels.shape), several)
     digit = chosen[labels]
     if not digit.any():
         return None
