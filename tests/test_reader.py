@@ -179,6 +179,34 @@ def test_reader_training_runs_its_forward_in_bf16_and_keeps_fp32_weights():
         ReaderConfig(precision="fp8")
 
 
+def _tiny_run(run_dir, resume=False, stop_at=None, **changes):
+    """A tiny reader trained on random "digits" for 6 steps, a checkpoint every 3; `stop_at`: killed after
+    that step's checkpoint was written."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8, generator=g), torch.arange(40) % 10
+    cfg = ReaderConfig(**{"model_args": {"widths": [4, 8, 8], "hidden": 8, "context": 1}, "steps": 6,
+                          "batch_size": 2, "max_digits": 3, "val_size": 10, "val_lines": 2, "log_every": 3,
+                          "precision": "fp32", **changes})
+
+    def log(message):
+        if stop_at is not None and message.startswith(f"step {stop_at}:"):
+            raise KeyboardInterrupt
+    return reader.train_reader(cfg, x[:30], y[:30], x[30:], y[30:], log=log, run_dir=run_dir, resume=resume)
+
+
+def test_a_reader_run_killed_midway_resumes_to_the_weights_of_one_never_stopped(tmp_path):
+    whole, history, _ = _tiny_run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tmp_path / "killed", stop_at=3)
+    resumed, again, meta = _tiny_run(tmp_path / "killed", resume=True)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [r["step"] for r in again] == [3, 6] and again[0]["loss"] == history[0]["loss"]
+    assert meta["config"]["steps"] == 6
+    with pytest.raises(ConfigError, match="lr"):  # a resume continues the same training
+        _tiny_run(tmp_path / "killed", resume=True, lr=1e-2)
+
+
 # ------------------------------------------------ the shipped reader on known digits
 
 
@@ -263,3 +291,17 @@ def test_junk_is_unsure_not_a_confident_number(shipped):
         draw.line(pts, fill=0, width=9)
     got = shipped.predict_number(scribble)
     assert got.status == "unsure", got.describe()
+
+
+@pytest.mark.slow
+def test_train_reader_writes_a_run_that_resumes_and_refuses_a_changed_recipe(tiny_data, tmp_path, capsys):
+    from mnist_cnn import cli
+
+    run = str(tmp_path / "reader")
+    assert cli.main(["train-reader", "--steps", "2", "--batch-size", "2", "--out", run]) == 0
+    assert checkpoint.load_model(f"{run}/model.safetensors")[1]["config"]["steps"] == 2
+    assert cli.main(["train-reader", "--resume", run, "--lr", "0.1"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("error: a resumed reader run continues the same "
+                                                                "training, so it cannot change lr")
+    assert cli.main(["train-reader", "--resume", run]) == 0
+    assert "resuming at step 2 of 2" in capsys.readouterr().out

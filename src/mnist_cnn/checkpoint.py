@@ -202,19 +202,24 @@ def load_model(path: Path | str | None = None, device="cpu") -> tuple[torch.nn.M
 # ------------------------------------------------------------- training state
 
 
-def save_train_state(run_dir: Path, cfg, model, optimizer, ema, history: dict, epochs_done: int) -> None:
-    """Everything a resume needs, in one atomic file: weights, EMA, optimizer state and history.
+def save_train_state(run_dir: Path, cfg, model, optimizer, ema, history: dict, epochs_done: int,
+                     weights_meta: dict | None = None, rng: torch.Generator | None = None) -> None:
+    """Everything a resume needs, in one atomic file: weights, EMA, optimizer state, history and, when
+    given, the generator `rng` that draws the training data.
 
     The history travels inside train_state (history.json is a readable copy written after it):
     a kill between two separate files would otherwise leave a state one epoch ahead of its history.
-    model.safetensors (the final weights so far, EMA when enabled) is written first.
+    model.safetensors (the final weights so far, EMA when enabled, with `weights_meta` or the classifier's
+    metadata) is written first. `epochs_done` counts what the job counts: epochs, or the reader's steps.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_model(run_dir / WEIGHTS_NAME, ema or model, model_metadata(cfg))
+    save_model(run_dir / WEIGHTS_NAME, ema or model, weights_meta or model_metadata(cfg))
     tensors = {f"model.{k}": v for k, v in models.unwrap(model)[0].state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    if rng is not None:
+        tensors["rng.state"] = rng.get_state()
     opt = optimizer.state_dict()
     for pid, state in opt["state"].items():
         for name, value in state.items():
@@ -226,10 +231,12 @@ def save_train_state(run_dir: Path, cfg, model, optimizer, ema, history: dict, e
     write_json(run_dir / HISTORY_NAME, history)
 
 
-def load_train_state(run_dir: Path, model, optimizer, ema) -> tuple[int, dict, dict]:
-    """Restore weights, EMA and optimizer state in place; return (epochs done, history, the config then)."""
+def load_train_state(run_dir: Path, model, optimizer, ema, rng: torch.Generator | None = None) -> tuple[int, dict, dict]:
+    """Restore weights, EMA, optimizer state (and `rng`'s) in place; return (epochs done, history, the config then)."""
     run_dir = Path(run_dir)
     tensors, meta = load_tensors(run_dir / STATE_NAME)
+    if rng is not None:
+        rng.set_state(tensors["rng.state"])
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})

@@ -113,19 +113,24 @@ def cmd_train_reader(args) -> int:
     from .files import write_json
     from .reader import train_reader
     from .recipes import ReaderConfig
-    from .runs import new_run_dir
+    from .runs import new_run_dir, read_config
 
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "precision": args.precision}
-    cfg = ReaderConfig(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # A resumed run takes its own config; a flag given with --resume that changes it is refused by the job.
+    cfg = ReaderConfig(**{**read_config(args.resume), **given}) if args.resume else ReaderConfig(**given)
     device = pick_device(args.device)
-    run_dir = Path(args.out or new_run_dir(cfg.recipe))
+    run_dir = Path(args.resume or args.out or new_run_dir(cfg.recipe))
     d = data.load_mnist(args.data_dir, val_size=cfg.val_size, device=device,
                         log=lambda m: print(m, file=sys.stderr))
     print(f"training the number reader: {cfg.steps} steps of {cfg.batch_size} synthetic lines of 1-{cfg.max_digits} "
           f"MNIST training digits on {device} -> {run_dir}", flush=True)
-    model, history, meta = train_reader(cfg, d.train_x, d.train_y, d.val_x, d.val_y, log=lambda m: print(m, flush=True))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    model, history, meta = train_reader(cfg, d.train_x, d.train_y, d.val_x, d.val_y, log=lambda m: print(m, flush=True),
+                                        run_dir=run_dir, resume=bool(args.resume))
     checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model, meta)
     write_json(run_dir / checkpoint.HISTORY_NAME, {"steps": history, "config": dataclasses.asdict(cfg)})
     print(f"validation lines read exactly: {meta['metrics']['val_exact']:.1f}%; use it: "
@@ -390,7 +395,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; the last epoch's checkpoint is kept (use --resume)", file=sys.stderr)
+        print("interrupted; the last checkpoint is kept (use --resume)", file=sys.stderr)
         return 130
 
 

@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, help="the training step's arithmetic, as for train: auto "
                    "picks bf16 autocast where the hardware does bf16 natively; the saved reader stays fp32 "
                    "(default: the recipe's, auto)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a reader run from its last checkpoint "
+                   "(written every 250 steps)")
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder (default: runs/reader-TIME)")
     device(p)
 

@@ -9,6 +9,7 @@ blank between two peaks that nearly did not). It is trained on synthetic lines o
 digits (`lines.py`); its validation lines are made of the validation split's digits.
 
     mnist-cnn train-reader --steps 3000 --out runs/reader
+    mnist-cnn train-reader --resume runs/reader     # after a crash or Ctrl-C: from its last checkpoint
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 
 from . import checkpoint, models, precision
 from .data import MNIST_MEAN, MNIST_STD
+from .errors import ConfigError
+from .files import remove_partial_writes
 from .imageops import bbox, dilate, stroke_width
 from .lines import FIELD, PAD, make_lines, soften, thicken
 from .preprocess import FLOOR, STROKE, THIN, Page
@@ -242,8 +245,13 @@ def train_one_step(model, opt, lines, labels, ctc, prec: precision.Precision | N
     return float(loss.detach())
 
 
-def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m: None):
-    """Train a LineReader on synthetic lines of (train_x, train_y); -> (model, history, metadata)."""
+def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m: None, run_dir: Path | None = None,
+                 resume: bool = False):
+    """Train a LineReader on synthetic lines of (train_x, train_y); -> (model, history, metadata).
+
+    With `run_dir`, everything a resume needs is written there every `log_every` steps (a long run killed
+    loses at most that much); `resume` continues from it, to the same weights as a run never stopped.
+    """
     device = train_x.device  # lines are made on the CPU (cheap next to the network) and moved there
     train_x, train_y, val_x, val_y = (t.cpu() for t in (train_x, train_y, val_x, val_y))
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's generator left as it was
@@ -251,13 +259,25 @@ def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m
         model = models.build_model(cfg.model, **cfg.model_args).to(device)
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history, start = [], 0
+    if run_dir is not None:
+        remove_partial_writes(Path(run_dir))  # a kill mid-write leaves its temporary file
+    if resume:
+        start, saved, then = checkpoint.load_train_state(Path(run_dir), model, opt, None, rng=g)
+        if then != dataclasses.asdict(cfg):
+            changed = sorted(k for k in then.keys() | dataclasses.asdict(cfg).keys()
+                             if then.get(k) != getattr(cfg, k, None))
+            raise ConfigError(f"a resumed reader run continues the same training, so it cannot change "
+                              f"{', '.join(changed)}")
+        history = saved["steps"]
+        log(f"resuming at step {start} of {cfg.steps}")
     ctc = torch.nn.CTCLoss(blank=BLANK, zero_infinity=True)
     prec = precision.resolve(cfg.precision, device)
     scaler = prec.scaler(device)
     log(f"precision {prec.name} ({prec.reason})")
     val = val_set(val_x, val_y, cfg)
-    history, t0, losses = [], time.perf_counter(), []
-    for step in range(cfg.steps):
+    t0, losses = time.perf_counter() - (history[-1]["seconds"] if history else 0.0), []
+    for step in range(start, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         length = int(torch.randint(1, cfg.max_digits + 1, (1,), generator=g))
@@ -269,13 +289,20 @@ def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m
                    **{f"val_{k}": v for k, v in evaluate_lines(model, val).items()}}
             history.append(row)
             losses = []
+            if run_dir is not None:
+                checkpoint.save_train_state(Path(run_dir), cfg, model, opt, None, {"steps": history}, step + 1,
+                                            weights_meta=_metadata(cfg, history, prec), rng=g)
             log(f"step {row['step']}: loss {row['loss']:.3f}, validation lines exact {row['val_exact']:.1f}%, "
                 f"count {row['val_count']:.1f}% ({row['seconds']:.0f} s)")
-    model.eval().cpu()
+    return model.eval().cpu(), history, _metadata(cfg, history, prec)
+
+
+def _metadata(cfg: ReaderConfig, history: list[dict], prec: precision.Precision) -> dict:
+    """The reader checkpoint's self-description: its recipe, and its last validation figures."""
     metrics = {"val_exact": history[-1]["val_exact"], "val_count": history[-1]["val_count"],
                "train_seconds": history[-1]["seconds"], **prec.record()}
     meta = checkpoint.make_metadata(cfg.model, cfg.model_args, MNIST_MEAN, MNIST_STD, dataclasses.asdict(cfg),
                                     metrics)
     meta["input"] = "(B, 1, 28, W) float32: a line of white ink on black, uint8 / 255, then (x - mean) / std"
     meta["output"] = "(B, W // 2, 11) logits: the 10 digits, then the CTC blank"
-    return model, history, meta
+    return meta
