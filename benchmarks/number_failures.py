@@ -41,12 +41,12 @@ def trace(predictor, img, spans: list[tuple[float, float]]) -> dict:
     edges = [bbox(m)[2:] for m in blobs]
     centres = [(a + b) / 2 / page.factor for a, b in spans]  # each true digit's centre, working-copy columns
     home = [min(range(len(edges)), key=lambda k: max(edges[k][0] - c, c - edges[k][1], 0)) for c in centres]
-    crops = torch.stack([preprocess.render(page, part) for _, part, _ in items])
+    crops = torch.stack([preprocess.render(page, part.ink) for part in items])
     kw = dict(mean=predictor.meta["mean"], std=predictor.meta["std"])
     plain = predict_logits(predictor.model, crops, tta=False, **kw).float().softmax(1)
     tta = predict_logits(predictor.model, crops, tta=True, **kw).float().softmax(1)
     out = []
-    for k, (peak, part, alone) in enumerate(items):
+    for k, (peak, part, alone, _) in enumerate(items):
         blob = next(b for b, m in enumerate(blobs) if (m & part).any())
         r = None if peak is None else (reading.probs[peak.frame, :10] / reading.probs[peak.frame, :10].sum())
         out.append({"blob": blob, "alone": alone, "doubt": None if peak is None else peak.doubt,

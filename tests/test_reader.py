@@ -18,6 +18,7 @@ from PIL import Image
 from mnist_cnn import checkpoint, data, images, models, precision, reader, segment
 from mnist_cnn.cli import main
 from mnist_cnn.errors import ConfigError
+from mnist_cnn.imageops import bbox
 from mnist_cnn.lines import make_lines, soften
 from mnist_cnn.predict import Predictor, holds_several, owners
 from mnist_cnn.recipes import ReaderConfig
@@ -130,6 +131,28 @@ def test_a_digit_broken_into_short_pieces_that_share_columns_is_one_digit_not_pa
     labels[10:40, 90:110] = 5
     blobs = segment.digit_blobs(labels, 5)
     assert [sorted(np.unique(labels[m]).tolist()) for m, _ in blobs] == [[1], [2, 3], [4], [5]]
+
+
+class OnePeak(reader.NumberReader):
+    """A fake sequence reader that finds one digit, a 0, in whatever ink it is given."""
+
+    def __init__(self):
+        pass
+
+    def read(self, page, mask):
+        probs = torch.zeros(20, 11)
+        probs[:, reader.BLANK], probs[10] = 1.0, torch.eye(11)[0]
+        x0, x1 = bbox(mask)[2:]
+        return reader.Reading([reader.Peak(0, 1.0, 10, 10, 10, 0.0)], probs, [(x0, x1)], [(x0 + x1) / 2], None)
+
+
+def test_ink_as_wide_as_two_digits_that_the_reader_reads_as_one_is_unsure():
+    """Two 0s that touch, one piece of ink twice a digit's width: the reader's count (one) and the ink's
+    (two) disagree, so the classifier's answer for the piece, whole, is not given as sure."""
+    wide = Predictor.from_path(reader=OnePeak()).predict_number(Image.open(io.BytesIO(number_png("00", 0.1))))
+    assert wide.status == "unsure" and "two digits" in wide.digits[0].reason
+    one = Predictor.from_path(reader=OnePeak()).predict_number(Image.open(io.BytesIO(number_png("0", 0.0))))
+    assert one.status == "ok" and one.text == "0"
 
 
 class Counting:

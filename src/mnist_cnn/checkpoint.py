@@ -231,7 +231,8 @@ def save_train_state(run_dir: Path, cfg, model, optimizer, ema, history: dict, e
     write_json(run_dir / HISTORY_NAME, history)
 
 
-def load_train_state(run_dir: Path, model, optimizer, ema, rng: torch.Generator | None = None) -> tuple[int, dict, dict]:
+def load_train_state(run_dir: Path, model, optimizer, ema,
+                     rng: torch.Generator | None = None) -> tuple[int, dict, dict]:
     """Restore weights, EMA, optimizer state (and `rng`'s) in place; return (epochs done, history, the config then)."""
     run_dir = Path(run_dir)
     tensors, meta = load_tensors(run_dir / STATE_NAME)

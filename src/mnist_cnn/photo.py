@@ -205,7 +205,8 @@ def choose(labels: np.ndarray, stats: np.ndarray, width: np.ndarray, keep: np.nd
     return grown[best] if weight[best] > ANCHOR_MARGIN * weight[0] else grown[0]
 
 
-def _grow(anchor: int, stats: np.ndarray, keep: np.ndarray, border: np.ndarray, several: bool) -> tuple[np.ndarray, bool]:
+def _grow(anchor: int, stats: np.ndarray, keep: np.ndarray, border: np.ndarray,
+          several: bool) -> tuple[np.ndarray, bool]:
     """The components that join `anchor`, one after another: (bool (n,), whether ink that reaches the frame's
     edge came within their reach)."""
     x, y, bw, bh = (stats[:, i].astype(np.float64) for i in range(4))

@@ -10,6 +10,7 @@ normalization constants and the one MNIST-style preprocessing in `preprocess`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -68,6 +69,15 @@ class Prediction:
         """The CSV columns after the path: status, prediction, probability, top-k."""
         return [self.status, "" if self.digit is None else self.digit, f"{self.probability:.4f}",
                 " ".join(f"{d}:{p:.4f}" for d, p in self.topk)]
+
+
+class Part(NamedTuple):
+    """What one digit of a number is read from."""
+
+    peak: reader.Peak | None  # the sequence reader's digit here (None: it found none in this piece)
+    ink: np.ndarray  # bool (H, W): the ink it is read from
+    alone: bool  # a piece of its own, read whole by the classifier (else the reader's digit among touching ones)
+    doubt: str | None = None  # why the piece's count of digits is unclear, or None
 
 
 @dataclass
@@ -267,22 +277,25 @@ class Predictor:
         if page is None:
             return NumberPrediction(text="", digits=[], status="empty")
         reading, items = self.number_parts(page, deadline)
-        crops = torch.stack([preprocess.render(page, part) for _, part, _ in items])
-        alone = [i for i, (_, _, a) in enumerate(items) if a]
+        crops = torch.stack([preprocess.render(page, part.ink) for part in items])
+        alone = [i for i, part in enumerate(items) if part.alone]
         classified = dict(zip(alone, self.classify_pieces(crops[alone]))) if alone else {}
         preds, boxes = [], []
-        for i, (peak, part, _) in enumerate(items):
-            y0, y1, x0, x1 = bbox(part)
+        for i, part in enumerate(items):
+            y0, y1, x0, x1 = bbox(part.ink)
             boxes.append([x0 * page.factor, y0 * page.factor, x1 * page.factor, y1 * page.factor])
-            preds.append(classified[i] if i in classified else self._read_digit(reading, peak, crops[i]))
+            if i not in classified:
+                preds.append(self._read_digit(reading, part.peak, crops[i]))
+            elif part.doubt and classified[i].status == "ok":
+                preds.append(self._answer(torch.tensor(classified[i].probabilities), crops[i], part.doubt))
+            else:
+                preds.append(classified[i])
         text = "".join("?" if p.digit is None else str(p.digit) for p in preds)
         status = "ok" if preds and "?" not in text else "unsure"
         return NumberPrediction(text=text, digits=preds, status=status, boxes=boxes)
 
-    def number_parts(self, page: preprocess.Page, deadline: float | None = None) -> tuple[reader.Reading, list]:
-        """The sequence reader's reading of a number's ink, and what each digit is read from, left to right:
-        (the reader's peak or None, the ink it is read from, whether that is a piece read whole by the
-        classifier)."""
+    def number_parts(self, page: preprocess.Page, deadline: float | None = None) -> tuple[reader.Reading, list[Part]]:
+        """The sequence reader's reading of a number's ink, and what each digit is read from, left to right."""
         mask = page.labels > 0
         reading = self.reader.read(page, mask)
         segment.check_deadline(deadline)
@@ -303,12 +316,16 @@ class Predictor:
         for b, blob in enumerate(blobs):
             mine = [i for i, o in enumerate(owner) if o == b]
             if not holds_several([reading.peaks[i] for i in mine], narrow=max(pieces[b][1]) == 1):
-                items.append((reading.peaks[mine[0]] if mine else None, blob, True))
+                # Ink as wide as several digits that the reader found one digit in (or none): the count is
+                # unclear, and the classifier's reading of it whole is no answer to trust.
+                wide = pieces[b][1][0] >= 2 and len(mine) <= 1
+                items.append(Part(reading.peaks[mine[0]] if mine else None, blob, True,
+                                  "this ink is as wide as two digits, but one was read" if wide else None))
                 continue
             for i in mine:
                 x0, x1 = reading.spans[i]
                 part = blob & (columns >= x0) & (columns < x1)
-                items.append((reading.peaks[i], part if part.any() else blob, False))
+                items.append(Part(reading.peaks[i], part if part.any() else blob, False))
         return reading, items
 
     def _read_digit(self, reading, peak, processed: torch.Tensor) -> Prediction:
