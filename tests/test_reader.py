@@ -228,6 +228,8 @@ def test_a_reader_run_killed_midway_resumes_to_the_weights_of_one_never_stopped(
     assert meta["config"]["steps"] == 6
     with pytest.raises(ConfigError, match="lr"):  # a resume continues the same training
         _tiny_run(tmp_path / "killed", resume=True, lr=1e-2)
+    with pytest.raises(ConfigError, match="no checkpoint to resume from"):  # killed before its first one
+        _tiny_run(tmp_path / "early", resume=True)
 
 
 # ------------------------------------------------ the shipped reader on known digits

@@ -263,6 +263,9 @@ def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m
     if run_dir is not None:
         remove_partial_writes(Path(run_dir))  # a kill mid-write leaves its temporary file
     if resume:
+        if not (Path(run_dir) / checkpoint.STATE_NAME).is_file():
+            raise ConfigError(f"{run_dir}: no checkpoint to resume from yet (the first is written after "
+                              f"{cfg.log_every} steps); start the run again without --resume")
         start, saved, then = checkpoint.load_train_state(Path(run_dir), model, opt, None, rng=g)
         if then != dataclasses.asdict(cfg):
             changed = sorted(k for k in then.keys() | dataclasses.asdict(cfg).keys()
