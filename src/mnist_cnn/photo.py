@@ -26,8 +26,8 @@ CLEAR_INK = 0.15  # ink strength that is surely ink, to measure the strokes by
 SPECK = 0.04  # components under this fraction of the largest are specks
 ANCHORS, ANCHOR_MARGIN = 3, 1.5  # one digit is grown from each of this many of the biggest components; a
 # growth from another than the biggest is kept when it holds this many times the ink
-PEN_SHARE = 0.1  # the boldest stroke a digit's ink is counted at, of its longest side (a pen's stroke is about
-# 0.08 of a digit's height, a felt pen's 0.2; a wedge of shadow was 0.32)
+PEN_SHARE = 0.1  # the boldest stroke a digit's ink is counted at, of its longest side (a fine pen's 1 was 0.08,
+# the wedge of hard shadow beside it 0.32: bolder strokes still count, at this width)
 BLOB_FILL, BLOB_DEPTH, BLOB_ASPECT = 0.7, 0.8, 2.5  # a blob fills this much of its box, is this thick for
 # its shorter side, and is no longer than this for its width: a stain or a thumb (a 6 with its loop inked in
 # fills far less of its box; a 1 is longer)
