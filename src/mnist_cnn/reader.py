@@ -32,7 +32,7 @@ from .files import remove_partial_writes
 from .imageops import bbox, dilate, stroke_width
 from .lines import FIELD, PAD, make_lines, soften, thicken
 from .preprocess import FLOOR, STROKE, THIN, Page
-from .recipes import ReaderConfig
+from .recipes import ReaderConfig, resume_changes
 from .segment import MAX_DIGITS, TooManyDigits
 
 BLANK = models.NUM_CLASSES  # the CTC blank is the last of LineReader's 11 classes
@@ -48,6 +48,8 @@ def default_reader_path() -> Path:
     """The small number reader shipped inside the package."""
     return Path(str(resources.files("mnist_cnn") / "weights" / "reader.safetensors"))
 
+
+RESUMABLE = ("precision", "log_every")  # what a resumed reader run may change: the rest changes what it learns
 
 HEIGHT = 20  # a line's ink is scaled to MNIST's digit height (the 20-px box), in a 28-px strip
 MAX_WIDTH = 32 * 2 * FIELD  # line columns: room for segment.MAX_DIGITS wide digits far apart
@@ -267,11 +269,7 @@ def train_reader(cfg: ReaderConfig, train_x, train_y, val_x, val_y, log=lambda m
             raise ConfigError(f"{run_dir}: no checkpoint to resume from yet (the first is written after "
                               f"{cfg.log_every} steps); start the run again without --resume")
         start, saved, then = checkpoint.load_train_state(Path(run_dir), model, opt, None, rng=g)
-        if then != dataclasses.asdict(cfg):
-            changed = sorted(k for k in then.keys() | dataclasses.asdict(cfg).keys()
-                             if then.get(k) != getattr(cfg, k, None))
-            raise ConfigError(f"a resumed reader run continues the same training, so it cannot change "
-                              f"{', '.join(changed)}")
+        resume_changes(then, cfg, RESUMABLE)
         history = saved["steps"]
         log(f"resuming at step {start} of {cfg.steps}")
     ctc = torch.nn.CTCLoss(blank=BLANK, zero_infinity=True)

@@ -353,3 +353,15 @@ class ReaderConfig:
         bad = [f"{k} = {getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid reader config: {'; '.join(bad)}")
+
+
+def resume_changes(saved: dict, cfg, resumable: tuple[str, ...]) -> dict:
+    """{field: [saved value, new value]} between a run's config so far (`saved`, JSON form) and the config it
+    resumes with, or ConfigError for a change outside `resumable`: the rest would be another run."""
+    changed = {k: [saved[k], v] for k, v in dataclasses.asdict(cfg).items() if k in saved and saved[k] != v}
+    refused = [k for k in changed if k not in resumable]
+    if refused:
+        raise ConfigError("a resumed run continues the same training, so it cannot change "
+                          + ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused)
+                          + f"; it may change {', '.join(resumable)}. Start a new run for the others")
+    return changed

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint, distributed, models, precision
+from . import checkpoint, distributed, models, precision, recipes
 from .augment import apply_augmentation, draw_augmentation, to_float
 from .data import MNIST
 from .errors import ConfigError
@@ -207,13 +207,7 @@ def resume_changes(saved: dict, cfg: TrainConfig, epochs_done: int = 0) -> dict:
 
     `saved` is the config the run was trained with so far (JSON form); `epochs_done`, its epochs.
     """
-    new = dataclasses.asdict(cfg)
-    changed = {k: [saved[k], v] for k, v in new.items() if k in saved and saved[k] != v}
-    refused = [k for k in changed if k not in RESUMABLE]
-    if refused:
-        raise ConfigError("a resumed run continues the same training, so it cannot change "
-                          + ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused)
-                          + f"; it may change {', '.join(RESUMABLE)}. Start a new run for the others")
+    changed = recipes.resume_changes(saved, cfg, RESUMABLE)
     if cfg.epochs < epochs_done:
         raise ConfigError(f"this run has trained {epochs_done} epochs already; resume it with epochs "
                           f"{epochs_done} or more")
