@@ -129,9 +129,9 @@ def cmd_train_reader(args) -> int:
     if not args.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    model, history, meta = train_reader(cfg, d.train_x, d.train_y, d.val_x, d.val_y, log=lambda m: print(m, flush=True),
-                                        run_dir=run_dir, resume=bool(args.resume))
-    checkpoint.save_model(run_dir / checkpoint.WEIGHTS_NAME, model, meta)
+    # The last step's checkpoint wrote the reader (model.safetensors) with this metadata.
+    _, history, meta = train_reader(cfg, d.train_x, d.train_y, d.val_x, d.val_y, log=lambda m: print(m, flush=True),
+                                    run_dir=run_dir, resume=bool(args.resume))
     write_json(run_dir / checkpoint.HISTORY_NAME, {"steps": history, "config": dataclasses.asdict(cfg)})
     print(f"validation lines read exactly: {meta['metrics']['val_exact']:.1f}%; use it: "
           f"mnist-cnn predict --multi --reader {run_dir / checkpoint.WEIGHTS_NAME} IMAGE")
