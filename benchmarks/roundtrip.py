@@ -94,7 +94,7 @@ def round_trip(predictor, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> di
         img = to_mnist(decode(render_digit(digit, rng)))
         back.append(torch.zeros(28, 28, dtype=torch.uint8) if img is None else img)
     back = torch.stack(back)
-    raw = torch.tensor([p.digit for p in predictor.predict_arrays(x)])
+    raw = torch.tensor([-1 if p.digit is None else p.digit for p in predictor.predict_arrays(x)])  # unsure: wrong
     rendered = torch.tensor([-1 if p.digit is None else p.digit for p in predictor.predict_arrays(back)])
     distance = (back.float() - x.float()).abs().mean((1, 2))  # mean |difference| per image, in grey levels
     return {"n": len(x), "raw_accuracy": float((raw == y).float().mean() * 100),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up, acquire MNIST, train the default recipe, evaluate it (with a report).
+# The main job: set up, acquire MNIST (and the handwriting fonts), train the default recipe, evaluate it (with a report).
 # Extra arguments go to `mnist-cnn train`, e.g. `bash scripts/main.sh --recipe seed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

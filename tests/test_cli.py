@@ -120,6 +120,7 @@ def test_a_misspelt_choice_gets_the_nearest(argv, suggestion, capsys):
     (["train", "--lr", "nan"], "argument --lr: must be more than 0, not nan"),
     (["train", "--limit-train", "0"], "argument --limit-train: must be 1 or more"),
     (["train", "--ensemble", "0"], "argument --ensemble: must be 1 or more"),
+    (["train", "--font-share", "1"], "argument --font-share: must be from 0 up to 1 (not 1), not 1"),
     (["train", "--dist-timeout", "0"], "argument --dist-timeout: must be more than 0"),
     (["predict", "x.png", "--min-confidence", "1.5"], "argument --min-confidence: must be from 0 to 1, not 1.5"),
     (["serve", "--min-confidence", "-0.1"], "argument --min-confidence: must be from 0 to 1"),

@@ -134,7 +134,9 @@ def test_finetuning_on_100_uci_digits_reads_the_other_writers_better(mnist_dir, 
                              eval_samples=(x[rest], y[rest]))
     before, after = run.metrics["before"], run.metrics["after"]
     assert len(tune) == 100 and before["held_out"] is None
-    assert after["extra"] >= before["extra"] + 1.0, (before, after)  # the benchmark: 97.0% -> 99.25% at 100
+    # At least a third of the other writers' errors go (the benchmark, with the model before the handwriting
+    # fonts: 97.0% -> 99.25% at 100; the shipped model, trained with them, reads 98.2% of these before).
+    assert 100 - after["extra"] <= 2 / 3 * (100 - before["extra"]), (before, after)
     assert after["mnist_test"] >= before["mnist_test"] - 0.15, (before, after)
 
 

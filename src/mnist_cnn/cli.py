@@ -47,12 +47,18 @@ def say(*args, **kwargs) -> None:
 
 
 def cmd_data(args) -> int:
-    from . import data
+    from . import data, fonts
 
     folder = data.acquire(args.data_dir, log=say)
     for name in data.SHA256:
         say(f"  {name}  sha256 ok")
     say(f"MNIST ready in {folder}")
+    try:  # the default recipe trains on their digits too; the others need MNIST alone
+        found = fonts.acquire(args.data_dir, log=say)
+    except data.DataError as exc:
+        print(f"warning: {exc}", file=sys.stderr, flush=True)
+        return 0
+    say(f"{len(found)} handwriting fonts ready in {found[0].parent} (sha256 ok)")
     return 0
 
 
@@ -63,7 +69,7 @@ def resolve_config(args):
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "limit_train": args.limit_train, "compile": args.compile or None,
                  "precision": args.precision, "ensemble": args.ensemble,
-                 "samples_share": args.samples_share}
+                 "samples_share": args.samples_share, "font_share": args.font_share}
     if args.resume:  # the run's config with these flags applied; the job refuses those it cannot take
         import dataclasses
 

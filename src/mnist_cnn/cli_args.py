@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .convert import ARCHS
-from .recipes import PRECISIONS, RECIPES, FinetuneConfig, TrainConfig
+from .recipes import PRECISIONS, RECIPES, DefaultConfig, FinetuneConfig, TrainConfig
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 # Defaults whose owners import torch: spelled out in help text only, and checked against
@@ -123,15 +123,15 @@ def fraction(text: str) -> float:
 fraction.__name__ = "number"
 
 
-def holdout(text: str) -> float:
-    """An argparse type: a share from 0 up to (not including) 1."""
+def share(text: str) -> float:
+    """An argparse type: a share from 0 (none) up to (not including) 1."""
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be from 0 up to 1 (not 1), not {text}")
     return value
 
 
-holdout.__name__ = "number"
+share.__name__ = "number"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model_help = "checkpoint or run folder (default: the shipped model)"
 
-    p = command("data", "acquire and verify MNIST")
+    p = command("data", "acquire and verify MNIST, and the handwriting fonts the default recipe trains on")
     data_dir(p)
 
     p = command("train", "train a recipe, then evaluate it on the test set")
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "images")
     p.add_argument("--samples-share", type=fraction, metavar="F", help="with --samples: their share of each epoch, "
                    f"reached by repeating them (default: {TrainConfig.samples_share})")
+    p.add_argument("--font-share", type=share, metavar="F", help="digits of 40 handwriting fonts, other hands "
+                   "than MNIST's (fetched once from the npm registry), as at most this share of each epoch; 0 trains "
+                   f"on MNIST alone (default: the recipe's, {DefaultConfig.font_share} for default)")
 
     p = command("finetune", "adapt a trained model to your own labelled digits, measured before and after")
     data_dir(p)
@@ -200,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per step, your samples and MNIST replay together")
     p.add_argument("--person-share", type=fraction, default=cfg.person_share, metavar="F",
                    help="share of each batch drawn from your samples (the rest replays MNIST)")
-    p.add_argument("--holdout", type=holdout, default=cfg.holdout, metavar="F", help="share of your samples "
+    p.add_argument("--holdout", type=share, default=cfg.holdout, metavar="F", help="share of your samples "
                    "held out, stratified by digit, to measure before and after (0: none)")
     p.add_argument("--seed", type=int, default=cfg.seed, help="the holdout, the batches and the augmentation")
     p.add_argument("--precision", choices=PRECISIONS, default=cfg.precision, help="the tuning step's arithmetic, "

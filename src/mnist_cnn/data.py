@@ -192,7 +192,7 @@ def acquire(data_dir: Path | None = None, sources=None, log: Callable[[str], Non
     """
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
-    with _FileLock(data_dir / ".lock"):
+    with FileLock(data_dir / ".lock"):
         if _verified_cache(data_dir, log) is not None:
             log(f"MNIST: verified cache at {data_dir}")
             return data_dir
@@ -219,7 +219,7 @@ def acquire(data_dir: Path | None = None, sources=None, log: Callable[[str], Non
     )
 
 
-class _FileLock:
+class FileLock:
     """An exclusive advisory lock on a file (POSIX fcntl; a no-op where unavailable)."""
 
     def __init__(self, path: Path):

@@ -61,11 +61,30 @@ def with_samples(mnist: data.MNIST, samples, share: float) -> tuple[data.MNIST, 
     return dataclasses.replace(mnist, train_x=x, train_y=y), repeats
 
 
+def with_fonts(mnist: data.MNIST, x: torch.Tensor, y: torch.Tensor, share: float,
+               seed: int) -> tuple[data.MNIST, int]:
+    """MNIST with handwriting-font digits (x, y) added to its training split, as at most `share` of it:
+    all of them beside the full split, a seeded draw of them beside a small one (`limit_train`), so that
+    they never outnumber MNIST's own. Returns (the data, how many were added)."""
+    n = len(mnist.train_y)
+    k = min(len(y), round(share * n / (1 - share)))
+    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:k] if k < len(y) else slice(None)
+    device = mnist.train_x.device
+    return dataclasses.replace(mnist, train_x=torch.cat([mnist.train_x, x[pick].to(device)]),
+                               train_y=torch.cat([mnist.train_y, y[pick].to(device)])), k
+
+
 def _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, log, samples=None) -> dict:
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     mnist = data.load_mnist(data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train, device=device, log=log)
+    font_digits = 0
+    if cfg.font_share > 0:
+        from . import fonts
+
+        mnist, font_digits = with_fonts(mnist, *fonts.font_digits(data_dir, log=log), cfg.font_share, cfg.seed)
+        log(f"fonts: {font_digits} digits of {len(fonts.FAMILIES)} handwriting families in every epoch")
     record = None
     if samples is not None:
         mnist, repeats = with_samples(mnist, samples, cfg.samples_share)
@@ -95,7 +114,7 @@ def _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, lo
                "test_images": test.n, "test_forward": forward_label(cfg.tta), "train_seconds": seconds,
                "epochs": cfg.epochs, "device": str(device), "world_size": distributed.world_size(),
                "val_accuracy": history.epochs[-1].get("val_acc") if history.epochs else None,
-               "val_forward": forward_label(False), **history.precision}
+               "val_forward": forward_label(False), "font_digits": font_digits, **history.precision}
     meta = checkpoint.model_metadata(cfg, metrics, temperature)
     if record is not None:
         metrics["samples"] = meta["samples"] = record

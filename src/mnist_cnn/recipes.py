@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0  # seeds every generator
     ensemble: int = 1  # members trained with seeds seed, seed+1, ...; their probabilities are averaged
     samples_share: float = 0.05  # with --samples: the person's digits' share of each epoch (they are repeated)
+    font_share: float = 0.0  # handwriting-font digits (fonts.py) mixed in, as this share of each epoch at most
 
     def __post_init__(self):
         # Checked here, so a bad flag fails before MNIST is loaded, and with the rule it broke,
@@ -65,6 +66,7 @@ class TrainConfig:
             "step_gamma": (self.step_gamma > 0, "> 0"), "warmup": (0 <= self.warmup < 1, "in [0, 1)"),
             "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
             "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
+            "font_share": (0 <= self.font_share < 1, "in [0, 1)"),
             "translate": (self.translate >= 0, ">= 0"), "rotate": (self.rotate >= 0, ">= 0"),
             "scale": (0 <= self.scale < 1, "in [0, 1)"), "shear": (self.shear >= 0, ">= 0"),
             "val_size": (0 <= self.val_size < 60000, "in [0, 60000)"),  # MNIST has 60,000 training images
@@ -183,8 +185,9 @@ class DefaultConfig(TrainConfig):
     """What a bare `mnist-cnn train` runs: a three-stage BN network, augmentation, EMA, TTA.
 
     Measured (2-core AMD EPYC CPU, 2 threads, one benchmark run): 99.67%, 99.63% and
-    99.64% test accuracy for seeds 0-2 (mean 99.647%) in 145-150 s of training.
-    Seed 0 is the shipped model.
+    99.64% test accuracy for seeds 0-2 (mean 99.647%) in 145-150 s of training. With the
+    handwriting fonts' digits (`font_share`, added since; a 2-core AMD EPYC with avx512_bf16,
+    bf16): 99.69%, 99.58% and 99.64% (mean 99.637%), seed 0 in 116 s. Seed 0 is the shipped model.
     """
 
     recipe: str = "default"
@@ -208,6 +211,7 @@ class DefaultConfig(TrainConfig):
     shear: float = 5.0
     tta: bool = True  # +0.02-0.04 points for 5x the (small) evaluation cost
     channels_last: bool = True
+    font_share: float = 0.08  # 4,440 digits of 40 handwriting fonts: other hands than MNIST's (fonts.py)
 
 
 @dataclass
@@ -241,6 +245,7 @@ class BestConfig(DefaultConfig):
     scale: float = 0.12
     shear: float = 8.0
     val_size: int = 0  # hyperparameters were fixed on the validation split; the final fit uses all 60,000
+    font_share: float = 0.0  # MNIST's accuracy first: measured as above, on MNIST alone
 
 
 @dataclass
