@@ -155,6 +155,34 @@ def test_ink_as_wide_as_two_digits_that_the_reader_reads_as_one_is_unsure():
     assert one.status == "ok" and one.text == "0"
 
 
+class EvenPeaks(reader.NumberReader):
+    """A fake sequence reader that finds `n` 0s spread evenly over whatever ink it is given."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def read(self, page, mask):
+        probs = torch.zeros(40, 11)
+        probs[:, reader.BLANK] = 1.0
+        x0, x1 = bbox(mask)[2:]
+        step = (x1 - x0) / self.n
+        peaks = []
+        for k in range(self.n):
+            probs[4 * k + 2] = torch.eye(11)[0]
+            peaks.append(reader.Peak(0, 1.0, 4 * k + 2, 4 * k + 2, 4 * k + 2, 0.0))
+        spans = [(round(x0 + k * step), round(x0 + (k + 1) * step)) for k in range(self.n)]
+        return reader.Reading(peaks, probs, spans, [(a + b) / 2 for a, b in spans], None)
+
+
+def test_ink_as_wide_as_more_digits_than_the_reader_found_is_unsure():
+    """Four 0s that touch, one piece of ink four digits wide, where the reader finds two (a cursive "2026" in
+    one stroke came back "206" at p > 0.99): the count is unclear, so no digit of that piece is given as sure."""
+    four = Predictor.from_path(reader=EvenPeaks(2)).predict_number(Image.open(io.BytesIO(number_png("0000", 0.1))))
+    assert four.status == "unsure" and all("as wide as 4 digits, but 2 were read" in d.reason for d in four.digits)
+    two = Predictor.from_path(reader=EvenPeaks(2)).predict_number(Image.open(io.BytesIO(number_png("00", 0.1))))
+    assert two.status == "ok" and two.text == "00"
+
+
 class Counting:
     """A fake classifier: digit 3 at logit `margin` over the rest, and how many images each call saw."""
 

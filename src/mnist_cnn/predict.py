@@ -285,7 +285,7 @@ class Predictor:
             y0, y1, x0, x1 = bbox(part.ink)
             boxes.append([x0 * page.factor, y0 * page.factor, x1 * page.factor, y1 * page.factor])
             if i not in classified:
-                preds.append(self._read_digit(reading, part.peak, crops[i]))
+                preds.append(self._read_digit(reading, part.peak, crops[i], part.doubt))
             elif part.doubt and classified[i].status == "ok":
                 preds.append(self._answer(torch.tensor(classified[i].probabilities), crops[i], part.doubt))
             else:
@@ -322,15 +322,21 @@ class Predictor:
                 items.append(Part(reading.peaks[mine[0]] if mine else None, blob, True,
                                   "this ink is as wide as two digits, but one was read" if wide else None))
                 continue
+            # Ink as wide as more digits than the reader found in it (a cursive "2026" in one stroke, read as
+            # "206"): the count is unclear.
+            counts = pieces[b][1]
+            short = (f"this ink is as wide as {counts[0]} digits, but {len(mine)} were read"
+                     if len(counts) == 1 and counts[0] > len(mine) else None)
             for i in mine:
                 x0, x1 = reading.spans[i]
                 part = blob & (columns >= x0) & (columns < x1)
-                items.append(Part(reading.peaks[i], part if part.any() else blob, False))
+                items.append(Part(reading.peaks[i], part if part.any() else blob, False, short))
         return reading, items
 
-    def _read_digit(self, reading, peak, processed: torch.Tensor) -> Prediction:
-        """A digit the sequence reader read among touching ones: its peak's probabilities."""
+    def _read_digit(self, reading, peak, processed: torch.Tensor, doubt: str | None = None) -> Prediction:
+        """A digit the sequence reader read among touching ones: its peak's probabilities (`doubt`: why the
+        count of its piece is unclear)."""
         probs = reading.probs[peak.frame, :10]
         probs = probs / probs.sum().clamp_min(1e-12)  # over the ten digits (the blank's share is `peak.doubt`)
         count = f"it may be two digits, or none ({peak.doubt:.2f} of doubt)" if peak.doubt > reader.MIN_COUNT else None
-        return self._answer(probs, processed, self._too_low(probs) or count)
+        return self._answer(probs, processed, self._too_low(probs) or count or doubt)
