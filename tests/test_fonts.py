@@ -81,6 +81,23 @@ def test_each_tarball_is_verified_and_fetched_once(tmp_path, monkeypatch):
     assert not path.exists()  # nothing unverified was kept
 
 
+def test_the_digits_are_drawn_once_and_again_for_other_fonts(tmp_path, monkeypatch):
+    raw = tarball({"package/files/f-latin-400-normal.woff": DEJAVU.read_bytes()})
+    monkeypatch.setattr(fonts, "FAMILIES", {"fake": data.sha256(raw)})
+    monkeypatch.setattr(fonts, "_download", lambda url: raw)
+    drawn = []
+    real = fonts.draw
+    monkeypatch.setattr(fonts, "draw", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    x, y = fonts.font_digits(tmp_path, variants=1)
+    again = fonts.font_digits(tmp_path, variants=1)
+    assert len(drawn) == 1 and torch.equal(again[0], x) and torch.equal(again[1], y) and len(y) == 10
+    other = tarball({"package/files/g-latin-400-normal.woff": DEJAVU.read_bytes()})  # another pin
+    monkeypatch.setattr(fonts, "FAMILIES", {"fake": data.sha256(other)})
+    monkeypatch.setattr(fonts, "_download", lambda url: other)
+    fonts.font_digits(tmp_path, variants=1)
+    assert len(drawn) == 2
+
+
 def test_font_digits_never_outnumber_mnists_own():
     mnist = tiny_mnist()  # 640 training images
     x, y = torch.randint(0, 255, (500, 28, 28), dtype=torch.uint8), torch.arange(500) % 10

@@ -141,8 +141,8 @@ def draw(fonts: list[bytes], variants: int = VARIANTS, seed: int = 0) -> tuple[t
             if not glyph.any():
                 continue
             for _ in range(variants):
-                x = to_mnist(Image.fromarray(255 - _bend(_thicken(glyph, int(rng.integers(THICKEN[0], THICKEN[1] + 1))),
-                                                         rng, grid)))
+                strokes = _thicken(glyph, int(rng.integers(THICKEN[0], THICKEN[1] + 1)))
+                x = to_mnist(Image.fromarray(255 - _bend(strokes, rng, grid)))  # dark ink on white, as scanned
                 if x is not None:
                     xs.append(x)
                     ys.append(digit)
@@ -172,7 +172,8 @@ def font_digits(data_dir: Path | None = None, variants: int = VARIANTS, seed: in
                 log: Callable[[str], None] = lambda m: None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every family's digits (`draw`), drawn once and cached beside the tarballs."""
     tarballs = acquire(data_dir, log=log)
-    cache = tarballs[0].parent / f"digits-r{RENDER_VERSION}-v{variants}-s{seed}.npz"
+    pins = sha256("".join(FAMILIES.values()).encode())[:12]  # another set of fonts is drawn anew
+    cache = tarballs[0].parent / f"digits-r{RENDER_VERSION}-v{variants}-s{seed}-{pins}.npz"
     if cache.exists():
         with np.load(cache) as saved:
             return torch.from_numpy(saved["x"]), torch.from_numpy(saved["y"])
