@@ -3,6 +3,7 @@ MNIST's form and read right, and mixed into a training run at the recipe's share
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -16,7 +17,7 @@ import mnist_cnn
 from mnist_cnn import data, fonts
 from mnist_cnn.cli import main
 from mnist_cnn.pipeline import with_fonts
-from mnist_cnn.recipes import get_config
+from mnist_cnn.recipes import DefaultConfig, get_config, run_config
 
 from conftest import tiny_mnist
 
@@ -143,3 +144,9 @@ def test_mnist_data_warns_but_succeeds_when_the_fonts_cannot_be_fetched(tmp_path
     assert main(["data", "--data-dir", str(tmp_path)]) == 0  # MNIST is what `data` must give; `fast` needs no fonts
     out, err = capsys.readouterr()
     assert "MNIST ready" in out and err.startswith("warning: could not fetch the handwriting font") and "--font-share 0" in err
+
+
+def test_a_run_from_before_the_fonts_resumes_without_them():
+    then = {k: v for k, v in dataclasses.asdict(DefaultConfig()).items() if k != "font_share"}  # its config.json
+    assert run_config(then).font_share == 0.0
+    assert run_config(dataclasses.asdict(DefaultConfig())).font_share == 0.08

@@ -26,7 +26,7 @@ from .evaluation import Metrics, evaluate as _evaluate
 from .files import read_json
 from .inputs import as_pixels, to_image
 from .predict import MIN_CONFIDENCE, NumberPrediction, Prediction, Predictor
-from .recipes import TrainConfig, config_from_dict, get_config
+from .recipes import TrainConfig, config_from_dict, get_config, run_config
 
 __all__ = ["Metrics", "Model", "NumberPrediction", "Prediction", "Run", "UserError", "evaluate", "finetune", "load",
            "train"]
@@ -211,7 +211,7 @@ def train(recipe: str | TrainConfig | dict | None = None, *, out=None, resume: b
         if out is None or recipe is not None:
             raise ConfigError("resume=True continues the run in `out` with its own config: pass out=RUN_DIR "
                               "and, if you like, overrides such as epochs=..., but no recipe")
-        cfg = dataclasses.replace(config_from_dict(runs.read_config(out)), **overrides)
+        cfg = dataclasses.replace(run_config(runs.read_config(out)), **overrides)
     else:
         cfg = _config(recipe, overrides)
     device = distributed.pick_device(str(device))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import cli_args
 from .cli_handwriting import cmd_finetune, cmd_samples, load_samples  # noqa: F401 (commands are looked up by name)
-from .recipes import config_from_dict, get_config
+from .recipes import get_config, run_config
 
 
 def pick_device(name: str = "auto"):
@@ -74,7 +74,7 @@ def resolve_config(args):
         import dataclasses
 
         from .runs import read_config
-        cfg = config_from_dict(read_config(args.resume))
+        cfg = run_config(read_config(args.resume))
         return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     return get_config(args.recipe, **overrides)
 

@@ -55,10 +55,7 @@ def with_samples(mnist: data.MNIST, samples, share: float) -> tuple[data.MNIST, 
     """
     n, k = len(mnist.train_y), len(samples)
     repeats = max(1, round(share * n / ((1 - share) * k)))
-    device = mnist.train_x.device
-    x = torch.cat([mnist.train_x, samples.x.to(device).repeat(repeats, 1, 1)])
-    y = torch.cat([mnist.train_y, samples.y.to(device).repeat(repeats)])
-    return dataclasses.replace(mnist, train_x=x, train_y=y), repeats
+    return _added(mnist, samples.x.repeat(repeats, 1, 1), samples.y.repeat(repeats)), repeats
 
 
 def with_fonts(mnist: data.MNIST, x: torch.Tensor, y: torch.Tensor, share: float,
@@ -69,9 +66,14 @@ def with_fonts(mnist: data.MNIST, x: torch.Tensor, y: torch.Tensor, share: float
     n = len(mnist.train_y)
     k = min(len(y), round(share * n / (1 - share)))
     pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:k] if k < len(y) else slice(None)
+    return _added(mnist, x[pick], y[pick]), k
+
+
+def _added(mnist: data.MNIST, x: torch.Tensor, y: torch.Tensor) -> data.MNIST:
+    """MNIST with images x and labels y after its own training split (validation and test stay MNIST's)."""
     device = mnist.train_x.device
-    return dataclasses.replace(mnist, train_x=torch.cat([mnist.train_x, x[pick].to(device)]),
-                               train_y=torch.cat([mnist.train_y, y[pick].to(device)])), k
+    return dataclasses.replace(mnist, train_x=torch.cat([mnist.train_x, x.to(device)]),
+                               train_y=torch.cat([mnist.train_y, y.to(device)]))
 
 
 def _train_run(cfg, run_dir, device, data_dir, resume, tensorboard, progress, log, samples=None) -> dict:

@@ -321,6 +321,16 @@ def config_from_dict(d: dict) -> TrainConfig:
     return cls(**{k: v for k, v in d.items() if k in fields})
 
 
+# Fields added after runs were written, with the value every run written before them trained with: a run's
+# config that lacks one is such a run's (a `default` run from before the fonts resumes without them).
+BEFORE_THEM = {"font_share": 0.0}
+
+
+def run_config(d: dict) -> TrainConfig:
+    """The config a run folder's config.json records (`config_from_dict`, fields added since at BEFORE_THEM)."""
+    return config_from_dict({**BEFORE_THEM, **d})
+
+
 # The number reader is no digit classifier: `mnist-cnn train-reader` trains it, not `train --recipe`.
 @dataclass
 class ReaderConfig:
