@@ -34,6 +34,18 @@ def test_bent_rules_are_found_whole():
     assert (across & truth).sum() >= 0.9 * truth.sum()
 
 
+def test_a_line_through_a_row_of_digits_is_not_a_rule():
+    """A number written across a strip of plain paper: a straight line through the digits' middles runs
+    over ink most of its length and chains across the gaps, but only where it follows a bar (a 2's base,
+    a 5's top) is it a thin line with paper on either side. Taken for a rule, it cut a 0 into a 3."""
+    for text in ("03790107", "2233445566", "1905526202"):
+        (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 4, 14)
+        mask = np.zeros((h + 90, w + 40), np.uint8)
+        cv2.putText(mask, text, (20, h + 45), cv2.FONT_HERSHEY_SIMPLEX, 4, 1, 14)
+        across, down = rules.rule_lines(mask.astype(bool))
+        assert not across.any() and not down.any(), text
+
+
 def test_pen_strokes_are_not_rules():
     """A 1's long stroke and two digits' bars that line up along one writing line (a 7's bar, then
     a 3's top, 40 px apart) are each far shorter than a rule: none of their ink is taken."""

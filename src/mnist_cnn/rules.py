@@ -26,6 +26,7 @@ RULE_THICK = 0.02  # ...and at most this thick, blur included (fraction of the l
 RULE_SOLID = 0.35  # a rule's centre line is inked at least this much of its length (gaps where it is faint)
 RULE_INKED = 0.8  # a rule is inked along this share of its length, end to end (a faint one has gaps)
 RULE_DARKER = 1.4  # pen ink on a rule is kept when the pen's ink is this much stronger than the print
+RULE_THIN = 0.5  # a rule measures as a thin line, paper on both sides, along this share of its pieces at least
 
 
 def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +70,11 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # from end to end it is mostly paper.
     inked = cv2.dilate(m, np.ones((3, 3), np.uint8))
     printed = {c: _inked_share(inked, pieces[(chain == c) & ~far]) >= RULE_INKED for c in np.unique(chain)}
+    # A line through the middle of a row of digits chains across them too, and is inked along its length;
+    # but only here and there (a 3's middle bar, a 9's loop) is it a thin line with paper on either side,
+    # where a printed rule is one everywhere but under the strokes that cross it.
+    line = np.array([r is not None for r in measured])
+    printed = {c: ok and line[(chain == c) & ~far].mean() >= RULE_THIN for c, ok in printed.items()}
     own = np.isfinite(halves) & ~far  # the thickness of the rule as found, before pieces past breaks joined it
     typical = {c: np.median(halves[(chain == c) & own]) for c in np.unique(chain) if (own & (chain == c)).any()}
     for (x0, y0, x1, y1), r, c, beyond in zip(pieces, measured, chain, far):
