@@ -36,7 +36,8 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     A rule runs across the sheet, at any tilt the camera gave it, and nearly straight: a sheet that
     does not lie flat bends it a little. A probabilistic Hough transform finds its straight pieces,
     and the pieces that continue one another make a rule when together they span RULE_SPAN of the
-    frame (a digit's strokes are far shorter). A rule's pixels are those within its thickness,
+    frame (a digit's strokes are far shorter), and measure as a thin line along most of it (a line
+    through a row of digits does only here and there). A rule's pixels are those within its thickness,
     measured across it, of each piece's line; a piece too thick for a printed rule is left alone,
     and a pen stroke along the rule is cut no wider than the rule's other pieces are.
     """
