@@ -27,7 +27,7 @@ import cv2
 
 from . import photo, rules, sheet
 from .images import luminance
-from .imageops import bbox, component_boxes, dilate, label_components, stroke_width
+from .imageops import bbox, component_boxes, components_with_stats, dilate, label_components, stroke_width
 
 WORK_SIDE = 1024  # ink is found on a copy at most this big; a drawing's crop is taken at full resolution
 BOX, FIELD = 20, 28  # MNIST: the digit's box, and the field it is centred in
@@ -179,8 +179,7 @@ def _ink_on(rgb: np.ndarray, full: np.ndarray, invert: bool, several: bool, on_s
     level = float(np.percentile(strength[digit], LEVEL_PCT))
     threshold = max(THRESH * level, NOISE_INK * noise)
     # The components' areas come with their labels (a bincount over the frame cost as much again).
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((digit & (strength > threshold)).astype(np.uint8),
-                                                           connectivity=8, ltype=cv2.CV_32S)
+    n, labels, stats = components_with_stats(digit & (strength > threshold))
     n, areas = n - 1, stats[1:, cv2.CC_STAT_AREA]
     lut = np.zeros(n + 1, dtype=np.int32)  # the grain that the digit's own threshold leaves is specks
     keep = areas >= max(2, SPECK * areas.max(initial=0))
