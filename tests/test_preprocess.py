@@ -527,6 +527,21 @@ def test_a_sheet_shaded_over_the_middle_is_the_paper_with_its_shade():
     assert mask[300, 400] and mask[500, 600] and not mask[10, 10] and not mask[590, 790]
 
 
+def test_white_paper_in_a_deep_shadow_over_the_middle_is_no_desk():
+    """White squared paper filling the frame, a hard shadow over its right part and the middle, where
+    the digit is: the shade is as colourless as the paper and not darker than a shadow gets, so no desk
+    shows (taken for one, the lit strip was flattened as the sheet and the digit left out of it)."""
+    page = np.full((600, 800, 3), 236, np.uint8)
+    page[::40] = page[:, ::40] = (170, 185, 225)
+    cv2.putText(page, "9", (360, 380), cv2.FONT_HERSHEY_SIMPLEX, 5, (20, 20, 20), 14)
+    page = page.astype(np.float64)
+    page[:, 260:] *= 0.45  # the shade: a fifth of the light, in linear terms
+    noise = np.random.default_rng(0).normal(0, 2, page.shape)
+    rgb = np.clip(cv2.GaussianBlur(page, (0, 0), 1.0) + noise, 0, 255).astype(np.uint8)
+    assert sheet.find_sheet(rgb) is None
+    assert Predictor.from_path().predict_image(Image.fromarray(rgb)).digit == 9
+
+
 def _choose_digit(labels, stats, widths=None) -> np.ndarray:
     return _choose(labels, stats, several=False, widths=widths)
 

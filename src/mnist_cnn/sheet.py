@@ -99,10 +99,13 @@ def _shade_of(light, chroma, hue, paper: tuple[float, float, float], bright: flo
 
 
 def _shaded_paper(region: np.ndarray, paper: np.ndarray, bright: float) -> bool:
-    """Whether Lab pixels (..., 3) look, as a whole, like the paper's Lab pixels in a shadow."""
+    """Whether Lab pixels (..., 3) look, as a whole, like the paper's Lab pixels in a shadow. Paper without a
+    colour to follow into the shadow (white, grey) is taken to be there when the region is as colourless and
+    not darker than a shadow gets: a frame's middle is the paper people photograph, not a grey desk."""
     colour = _colour(paper)
     if colour[1] < DESK_CHROMA:
-        return False  # paper without a colour to follow into the shadow
+        light, chroma, _ = _colour(region)
+        return bool(light >= SHADE_DARK * bright and chroma < DESK_CHROMA)
     return bool(_shade_of(*_colour(region), colour, bright))
 
 
