@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -135,6 +136,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # OpenCV runs a pool of one thread per core otherwise, whatever OMP_NUM_THREADS says
     lo, _, hi = args.lengths.partition("-")
     lengths = list(range(int(lo), int(hi) + 1)) if hi else [int(v) for v in args.lengths.split(",")]
     x, y = data.read_split(data.acquire(), "test")

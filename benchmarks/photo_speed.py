@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import cv2
 import numpy as np
 import torch
 
@@ -42,12 +43,13 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a script may: the figures are per core
+    cv2.setNumThreads(1)  # OpenCV runs a pool of one thread per core otherwise, whatever OMP_NUM_THREADS says
     from mnist_cnn.predict import Predictor
 
     predictor = Predictor.from_path()
     sources = photo_digits.load_sources(log=lambda m: None)
     rng = np.random.default_rng(args.seed)
-    print(f"CPU: {precision.cpu_model()}; torch {torch.__version__}, 1 thread")
+    print(f"CPU: {precision.cpu_model()}; torch {torch.__version__}, one thread for torch and for OpenCV")
     print("| photo | file | decode (ms) | preprocessing (ms) | network (ms) | file to answer (ms) |")
     print("|---|---:|---:|---:|---:|---:|")
     for mp in (1, 12):

@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -149,6 +150,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.n, args.numbers = 60, 20
     torch.set_num_threads(1)  # timings per core; this is a script, so setting it globally is fine
+    cv2.setNumThreads(1)  # OpenCV runs a pool of one thread per core otherwise, whatever OMP_NUM_THREADS says
     failures = Path(args.save_failures) if args.save_failures else None
     if failures:
         failures.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,8 @@ MIN_SIDE = 0.03  # a digit spans at least this fraction of the image's longer si
 # it maps to black (paper noise and blur skirts), and THRESH of it separates ink from paper. Tuned on
 # the round trip of benchmarks/roundtrip.py (mean pixel distance 7.1 -> 6.7 against 75, 0, 0.45).
 LEVEL_PCT, FLOOR, THRESH = 50, 0.25, 0.5
+RULE_LEVEL = 0.125  # rules are looked for in ink at least this x THRESH as strong as the strongest (a sixteenth;
+# at an eighth, faint rules beside a bold digit reached the mask as dashes, too broken to be found)
 LOW, GRAIN = 0.2, 4.0  # a photo's candidate digits are found down to LOW x the page's strongest ink's
 # level, but not among the paper's mottling (GRAIN robust deviations above its typical strength)
 STROKE, THIN = 1.8, 0.6  # MNIST's median `stroke_width` (px, at >= 128 of 255; measured); thinner than
@@ -155,7 +157,7 @@ def _ink_on(rgb: np.ndarray, full: np.ndarray, invert: bool, several: bool, on_s
     sample = strength[::2, ::2]
     middle = float(np.median(sample))  # of the paper, and its own mottling, as robust spread: ink is a minority
     grain = middle + GRAIN * 1.4826 * float(np.median(np.abs(sample - middle)))
-    across, down = rules.rule_lines(strength > max(NOISE_INK * noise, 0.25 * THRESH * peak, grain))
+    across, down = rules.rule_lines(strength > max(NOISE_INK * noise, RULE_LEVEL * THRESH * peak, grain))
     printed = across | down
     strong = (strength > 0.3 * peak) & ~printed
     inner = photo.off_frame(strong) if sheet else strong
