@@ -123,7 +123,8 @@ def dark_ink(grey: np.ndarray) -> bool:
         dark = cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, kernel)
         bright = cv2.morphologyEx(small, cv2.MORPH_TOPHAT, kernel)
         dark, bright = dark[dark > INK_CONTRAST], bright[bright > INK_CONTRAST]
-        shown, (dark, bright) = max(dark.size, bright.size), (float(dark.sum()), float(bright.sum()))
+        shown = max(dark.size, bright.size)
+        dark, bright = float(dark.sum()), float(bright.sum())
         if shown >= POLARITY_EVIDENCE * small.size and max(dark, bright) >= 2 * min(dark, bright):
             return dark > bright
     return True
