@@ -17,6 +17,7 @@ import hashlib
 import io
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,7 +147,7 @@ class Store:
             if existed:
                 self._check()
             # WAL: readers never block the writer; FULL: a committed sample survives a power cut too.
-            if self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            if self._to_wal().lower() != "wal":
                 raise StoreError(f"{self.path}: SQLite cannot use WAL mode here (a network file system?)")
             self.db.execute("PRAGMA synchronous = FULL")
             self.db.execute("BEGIN IMMEDIATE")  # two processes creating the store at once: one after the other
@@ -159,6 +160,19 @@ class Store:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+
+    def _to_wal(self) -> str:
+        """Switch to WAL and return the journal mode. The switch takes the file for a moment, and SQLite
+        answers "locked" at once rather than wait for it: two processes creating the store together
+        (the second's switch while the first's ran) retry for as long as a writer waits."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _check(self) -> None:
         """An existing file: ours, of a schema we read, and sound (PRAGMA quick_check)."""
