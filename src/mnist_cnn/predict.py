@@ -213,7 +213,9 @@ class Predictor:
         return [self._prediction(p, img) for p, img in zip(probs, x.cpu())]
 
     def _prediction(self, probs: torch.Tensor, processed: torch.Tensor) -> Prediction:
-        return self._answer(probs, processed, preprocess.doubt(processed) or self._too_low(probs))
+        reason = (preprocess.doubt(processed) or self._too_low(probs)
+                  or preprocess.contradicts(processed, int(probs.argmax())))
+        return self._answer(probs, processed, reason)
 
     def _too_low(self, probs: torch.Tensor) -> str | None:
         p = float(probs.max())

@@ -290,11 +290,33 @@ def doubt(x: torch.Tensor) -> str | None:
     _, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
     if int((stats[1:, cv2.CC_STAT_AREA] >= 3).sum()) > MAX_PIECES:
         return "in too many pieces for one digit"
-    _, _, gaps, _ = cv2.connectedComponentsWithStats(1 - ink, connectivity=4)  # the paper: outside and holes
-    x, y, w, h, area = gaps[1:].T
-    if int(((x > 0) & (y > 0) & (x + w < FIELD) & (y + h < FIELD) & (area >= 2)).sum()) > MAX_HOLES:
+    if int((_holes(ink) >= 2).sum()) > MAX_HOLES:
         return "full of holes, like a grid, not a digit"
     return None
+
+
+# Measured on MNIST's 60,000 training digits (pixels >= 128): no 1 encloses a hole of 4 pixels or more,
+# while 94% of the 8s and 89% of the 0s do. The network does not see topology: a narrow 8 from a photo,
+# its loops squeezed, was read as "1" at 96%. Ink with a loop is no 1. (Not a 7 either, for 99.8% of
+# MNIST's, but one of the 43 UCI writers crosses the 7 in a loop: 4 of their 7s would be unsure.)
+LOOPLESS, MIN_LOOP = (1,), 4
+
+
+def contradicts(x: torch.Tensor, digit: int) -> str | None:
+    """Why `digit` cannot be the ink of the MNIST-form (28, 28) uint8 image x, or None."""
+    if digit not in LOOPLESS:
+        return None
+    loop = _holes((x.numpy() >= 128).astype(np.uint8))
+    if loop.size and int(loop.max()) >= MIN_LOOP:
+        return f"the ink encloses a loop, which a {digit} has not (an 8, 0 or 6 drawn narrow?)"
+    return None
+
+
+def _holes(ink: np.ndarray) -> np.ndarray:
+    """The areas of the paper that ink (a 0/1 uint8 image) encloses: its holes, not the outside."""
+    _, _, gaps, _ = cv2.connectedComponentsWithStats(1 - ink, connectivity=4)
+    x, y, w, h, area = gaps[1:].T
+    return area[(x > 0) & (y > 0) & (x + w < ink.shape[1]) & (y + h < ink.shape[0])]
 
 
 def to_mnist(img: Image.Image) -> torch.Tensor | None:
