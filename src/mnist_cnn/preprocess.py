@@ -64,6 +64,7 @@ class Page:
     threshold: float  # ink / paper split, on `ink`
     labels: np.ndarray  # components of the kept ink (0 = none)
     count: int
+    shear: tuple[float, int] | None = None  # (lean, pad) when sheared upright (`segment.upright`), else None
 
 
 def find_ink(img: Image.Image, several: bool = False) -> Page | None:

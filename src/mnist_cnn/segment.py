@@ -8,8 +8,10 @@ much wider than a digit is cut into several, where a classifier is most confiden
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -50,6 +52,71 @@ def number_page(img: Image.Image) -> Page | None:
         raise TooManyDigits(f"{page.count} separate pieces of ink: more than {MAX_DIGITS} digits "
                             f"(the limit for one number), or not a written number")
     return page
+
+
+# Slants (x per y) tried when a number's reading is unsure, and the least lean that is then stood upright.
+# MNIST's own lines measure leans of 0.45 (median) to 0.85 (95th percentile) by `slant`, and italic ones
+# overlap them, so a lean alone is no reason to shear: only a reading that is unsure is tried again upright.
+SLANTS, MIN_SLANT = np.linspace(-1.2, 1.2, 49), 0.3
+SLANT_SIDE = 64  # the slant is measured on the ink's box at this height
+
+
+def slant(mask: np.ndarray) -> float:
+    """How far the writing in a bool mask leans, x per y (positive: its tops lean right).
+
+    Vinciarelli and Luettin's measure: under each shear, a column that the ink fills in one unbroken run
+    scores its length squared, and the shear that scores most stands the near-vertical strokes upright
+    (a 1's stem, a 4's, the sides of a 0). Loops and bars, which fill no column in one run, do not vote.
+    """
+    y0, y1, x0, x1 = bbox(mask)
+    k = SLANT_SIDE / max(1, y1 - y0)
+    small = cv2.resize(mask[y0:y1, x0:x1].astype(np.float32), (max(1, round((x1 - x0) * k)), SLANT_SIDE),
+                       interpolation=cv2.INTER_AREA)
+    h, w = small.shape
+    pad = int(np.ceil(SLANTS.max() * h / 2))
+    rows = np.arange(h)[:, None]
+    scores = []
+    for s in SLANTS:
+        ink = cv2.warpAffine(small, _shear(s, h, pad), (w + 2 * pad, h)) > 0.5
+        count = ink.sum(0)
+        first = np.where(ink, rows, h).min(0)
+        last = np.where(ink, rows, -1).max(0)
+        run = (count > 0) & (last - first + 1 == count)  # one unbroken run of ink
+        scores.append(float((count[run].astype(np.float64) ** 2).sum()))
+    return float(SLANTS[int(np.argmax(scores))])
+
+
+def _shear(s: float, h: int, pad: float) -> np.ndarray:
+    """The affine map x' = x + s (y - h/2) + pad, y' = y: a lean of -s stood upright."""
+    return np.float32([[1, s, pad - s * h / 2], [0, 1, 0]])
+
+
+def upright(page: Page, lean: float) -> Page:
+    """The page sheared so that writing leaning `lean` (x per y) stands upright. `Page.shear` records the
+    shear, for boxes drawn on the image as given."""
+    h, w = page.labels.shape
+    pad = int(np.ceil(abs(lean) * h / 2))
+    size = (w + 2 * pad, h)
+
+    def shear(a: np.ndarray, f: int = 1, nearest: bool = False) -> np.ndarray:
+        # Grey levels go on as at the page's edge (paper), not black, which on a drawing would be ink.
+        return cv2.warpAffine(a.astype(np.float32), _shear(lean, f * h, f * pad), (f * size[0], a.shape[0]),
+                              flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT if nearest else cv2.BORDER_REPLICATE)
+
+    return dataclasses.replace(page, full=shear(page.full, page.factor), ink=shear(page.ink),
+                               background=shear(page.background), labels=shear(page.labels, nearest=True).astype(np.int32),
+                               shear=(lean, pad))
+
+
+def unshear_box(box: list[int], shear: tuple[float, int] | None, h: int) -> list[int]:
+    """A box [x0, y0, x1, y1] on an upright page (`upright`, working pixels of height h) -> its box on the page as given."""
+    if shear is None:
+        return box
+    lean, pad = shear
+    x0, y0, x1, y1 = box
+    xs = [x - lean * (y - h / 2) - pad for x in (x0, x1) for y in (y0, y1)]
+    return [int(np.floor(min(xs))), y0, int(np.ceil(max(xs))), y1]
 
 
 def segment_digits(img: Image.Image, score=None, deadline: float | None = None) -> list[torch.Tensor]:
