@@ -369,7 +369,7 @@ def test_boxes_found_on_a_page_stood_upright_are_drawn_where_the_digits_are():
                            background=np.zeros((100, 300), np.float32), level=1.0, threshold=0.5, labels=labels, count=1)
     stood = segment.upright(page, 0.6)
     y0, y1, x0, x1 = bbox(stood.labels > 0)
-    back = segment.unshear_box([x0, y0, x1, y1], stood.shear, 100)
+    back = segment.unshear_box([x0, y0, x1, y1], stood)
     y0, y1, x0, x1 = bbox(labels > 0)
     assert all(abs(a - b) <= 1 for a, b in zip(back, [x0, y0, x1, y1])), (back, [x0, y0, x1, y1])
     assert x1 - x0 > bbox(stood.labels > 0)[3] - bbox(stood.labels > 0)[2]  # it stands straighter

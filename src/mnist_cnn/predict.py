@@ -296,7 +296,7 @@ class Predictor:
         preds, boxes = [], []
         for i, part in enumerate(items):
             y0, y1, x0, x1 = bbox(part.ink)
-            box = segment.unshear_box([x0, y0, x1, y1], page.shear, page.labels.shape[0])
+            box = segment.unshear_box([x0, y0, x1, y1], page)
             boxes.append([v * page.factor for v in box])
             if i not in classified:
                 preds.append(self._read_digit(reading, part.peak, crops[i], part.doubt))

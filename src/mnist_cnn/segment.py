@@ -96,11 +96,10 @@ def upright(page: Page, lean: float) -> Page:
     shear, for boxes drawn on the image as given."""
     h, w = page.labels.shape
     pad = int(np.ceil(abs(lean) * h / 2))
-    size = (w + 2 * pad, h)
 
     def shear(a: np.ndarray, f: int = 1, nearest: bool = False) -> np.ndarray:
         # Grey levels go on as at the page's edge (paper), not black, which on a drawing would be ink.
-        return cv2.warpAffine(a.astype(np.float32), _shear(lean, f * h, f * pad), (f * size[0], a.shape[0]),
+        return cv2.warpAffine(a.astype(np.float32), _shear(lean, f * h, f * pad), (f * (w + 2 * pad), a.shape[0]),
                               flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT if nearest else cv2.BORDER_REPLICATE)
 
@@ -109,12 +108,13 @@ def upright(page: Page, lean: float) -> Page:
                                shear=(lean, pad))
 
 
-def unshear_box(box: list[int], shear: tuple[float, int] | None, h: int) -> list[int]:
-    """A box [x0, y0, x1, y1] on an upright page (`upright`, working pixels of height h) -> its box on the page as given."""
-    if shear is None:
+def unshear_box(box: list[int], page: Page) -> list[int]:
+    """A box [x0, y0, x1, y1] in `page`'s working pixels -> its box on the page as given (before `upright`)."""
+    if page.shear is None:
         return box
-    lean, pad = shear
+    lean, pad = page.shear
     x0, y0, x1, y1 = box
+    h = page.labels.shape[0]
     xs = [x - lean * (y - h / 2) - pad for x in (x0, x1) for y in (y0, y1)]
     return [int(np.floor(min(xs))), y0, int(np.ceil(max(xs))), y1]
 
