@@ -160,6 +160,37 @@ def test_bold_strokes_along_a_line_in_a_strip_are_no_rule():
     assert not across.any() and not down.any()
 
 
+def test_grid_lines_that_fade_into_dots_are_rules():
+    """Squared paper under poor light: its lines down run solid over 70% of the frame, then thin into a
+    row of dots where lines across cross them (all that survives the threshold there). Measured from end
+    to end they are inked along 76% of their length; over the stretch a rule must span, all of it."""
+    mask = np.zeros((H, W), np.uint8)
+    for x in range(100, W, 150):
+        cv2.line(mask, (x, 0), (x, 420), 1, 2)
+        for y in range(440, H, 25):
+            cv2.circle(mask, (x, y), 2, 1, -1)
+    solid = np.zeros((H, W), bool)
+    solid[:421] = mask[:421].astype(bool)
+    across, down = rules.rule_lines(mask.astype(bool))
+    assert (down & solid).sum() >= 0.9 * solid.sum()
+    assert not across.any()
+
+
+def test_a_rule_that_leaves_the_frame_near_a_corner_is_a_rule():
+    """A ruled sheet photographed at a tilt: its top rule enters the frame 240 px from the right edge and
+    leaves it through that edge, shorter than a rule must span across the frame, but over all the frame
+    holds of its line. Left in, its piece was read as a 1 before a number. A pen stroke as long, near the
+    corner but short of the frame's edges, is still no rule."""
+    mask = np.zeros((H, W), np.uint8)
+    cv2.line(mask, (560, 0), (W - 1, 64), 1, 2)
+    across, down = rules.rule_lines(mask.astype(bool))
+    assert (across & mask.astype(bool)).sum() >= 0.9 * mask.sum()
+    stroke = np.zeros((H, W), np.uint8)
+    cv2.line(stroke, (650, 20), (770, 140), 1, 5)
+    across, down = rules.rule_lines(stroke.astype(bool))
+    assert not across.any() and not down.any()
+
+
 def test_median_is_numpys():
     """The one-partition median of a rule piece's distances gives np.median's value exactly."""
     rng = np.random.default_rng(3)

@@ -18,6 +18,7 @@ import numpy as np
 from .photo import odd
 
 RULE_SPAN = 0.6  # a ruled line is straight over at least this fraction of the frame's shorter side...
+RULE_CHORD = 0.85  # ...or, where the frame cuts its line short (near a corner), over this share of what the frame holds of it
 RULE_PIECE, RULE_BEND, RULE_TURN, RULE_BREAK = 0.2, 0.006, 8.0, 0.04  # it may be found in pieces this long (of the
 # shorter side) that continue one another: no further than this (of the longer side) off each other's lines, at
 # most this many degrees apart (a sheet that does not lie flat bends its rules), across breaks up to this
@@ -59,7 +60,8 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     segments = segments[_distinct(segments) & (_lengths(segments) >= piece[downward.astype(int)])]
     if not len(segments):
         return across, down
-    rule, extended = _long_lines(segments, span, max(3.0, RULE_BEND * max(h, w)), max(3, int(RULE_BREAK * max(h, w))))
+    rule, extended, need = _long_lines(segments, span, max(3.0, RULE_BEND * max(h, w)),
+                                       max(3, int(RULE_BREAK * max(h, w))), (h, w))
     pieces, parent = _shorter(segments[rule >= 0], max(40.0, 0.5 * piece.min()))
     far = extended[rule >= 0][parent]
     thick = max(3.0, RULE_THICK * min(max(h, w), 4 / 3 * min(h, w)))  # a strip's length sets no print's width
@@ -70,7 +72,7 @@ def rule_lines(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # digits, chains across its gaps, and where it runs through a stroke it looks like a line, but
     # from end to end it is mostly paper.
     inked = cv2.dilate(m, np.ones((3, 3), np.uint8))
-    printed = {c: _inked_share(inked, pieces[(chain == c) & ~far]) >= RULE_INKED for c in np.unique(chain)}
+    printed = {c: _inked_share(inked, pieces[(chain == c) & ~far], need[c]) >= RULE_INKED for c in np.unique(chain)}
     # A line through the middle of a row of digits chains across them too, and is inked along its length;
     # but only here and there (a 3's middle bar, a 9's loop) is it a thin line with paper on either side,
     # where a printed rule is one everywhere but under the strokes that cross it.
@@ -121,9 +123,12 @@ def _lengths(segments: np.ndarray) -> np.ndarray:
     return np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
 
 
-def _inked_share(m: np.ndarray, segments: np.ndarray) -> float:
-    """Of the stretch of a line that segments (n, 4) along it cover from end to end, the share of its
-    length, pixel by pixel, where one of them runs over ink in `m` (gaps between them count as paper)."""
+def _inked_share(m: np.ndarray, segments: np.ndarray, span: float) -> float:
+    """Of the stretch of a line that segments (n, 4) along it cover, the share of its length, pixel by
+    pixel, where one of them runs over ink in `m` (gaps between them count as paper): the best share over
+    any stretch as long as its rule must be (`span`), since a rule
+    may fade out past one end of it, where the light falls off or a shadow lies (a grid's lines thin
+    there into a row of dots at their crossings), and is no less printed where it shows."""
     if not len(segments):
         return 0.0
     d = segments[np.argmax(_lengths(segments))]
@@ -138,7 +143,12 @@ def _inked_share(m: np.ndarray, segments: np.ndarray) -> float:
         inked.append(at[hit > 0])
         every.append(at)
     every = np.concatenate(every)
-    return np.unique(np.concatenate(inked)).size / (every.max() - every.min() + 1)
+    start, extent = every.min(), every.max() - every.min() + 1
+    along = np.zeros(extent)
+    along[np.unique(np.concatenate(inked)) - start] = 1
+    stretch = int(min(extent, max(1.0, span)))
+    window = np.convolve(along, np.ones(stretch), mode="valid")  # inked pixels in each stretch
+    return float(window.max()) / stretch
 
 
 def _shorter(segments: np.ndarray, most: float) -> tuple[np.ndarray, np.ndarray]:
@@ -179,10 +189,12 @@ def _distinct(segments: np.ndarray) -> np.ndarray:
     return ~(inside & longer).any(0)
 
 
-def _long_lines(segments: np.ndarray, span: np.ndarray, near: float, most_gap: float) -> tuple[np.ndarray, np.ndarray]:
+def _long_lines(segments: np.ndarray, span: np.ndarray, near: float, most_gap: float,
+                shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, dict]:
     """Which line each segment (n, 4: x0, y0, x1, y1) belongs to, where that line spans `span` (two
-    lengths: for a line across, and for a line down; -1 where it does not), and which segments
-    joined it past a break (`_extend`). A segment continues
+    lengths: for a line across, and for a line down), or RULE_CHORD of its chord across the frame of
+    `shape` where that is shorter (-1 where it does not); which segments joined it past a break
+    (`_extend`); and, for each line, the length it had to span. A segment continues
     another when they are at almost one angle and its nearer end lies within `near` of the other's
     line and `most_gap` of its end, so that a bent rule's pieces chain; the chain's extent along the
     line, gaps left out, is measured."""
@@ -191,19 +203,36 @@ def _long_lines(segments: np.ndarray, span: np.ndarray, near: float, most_gap: f
     gap = np.maximum(np.abs(np.take_along_axis(along, nearer, 2)[..., 0]) - length[:, None] / 2, 0)
     follows = (np.take_along_axis(across, nearer, 2)[..., 0] <= near) & (gap <= most_gap)
     chain = _chains((np.abs(u @ u.T) > math.cos(math.radians(RULE_TURN))) & follows & follows.T)
+    need = {}
     for c in np.unique(chain):
         members = np.nonzero(chain == c)[0]
-        axis = u[members[np.argmax(length[members])]]
+        longest = members[np.argmax(length[members])]
+        axis = u[longest]
+        # A rule that leaves the frame near a corner (a grid's outermost line, the page tilted) is short in
+        # the frame, and its leftover pieces would pass for strokes: it spans most of what the frame holds.
+        chord = _chord((segments[longest, :2] + segments[longest, 2:]) / 2, axis, shape)
+        need[c] = min(span[int(abs(axis[1]) > abs(axis[0]))], RULE_CHORD * chord)
         extent = np.sort(np.stack([segments[members, :2] @ axis, segments[members, 2:] @ axis], 1), 1)
         covered, reach = 0.0, -np.inf
         for a, b in extent[np.argsort(extent[:, 0])]:  # the union of the pieces' extents along the line
             covered += max(0.0, b - max(a, reach))
             reach = max(reach, b)
-        if covered < span[int(abs(axis[1]) > abs(axis[0]))]:
+        if covered < need[c]:
             chain[members] = -1
     found = chain >= 0
     chain = _extend(chain, u, length, along, across, near)
-    return chain, (chain >= 0) & ~found
+    return chain, (chain >= 0) & ~found, need
+
+
+def _chord(point: np.ndarray, axis: np.ndarray, shape: tuple[int, int]) -> float:
+    """The length of the line through `point` along unit `axis` that lies within a frame of `shape` (h, w)."""
+    lo, hi = -np.inf, np.inf
+    for p, a, size in ((point[0], axis[0], shape[1]), (point[1], axis[1], shape[0])):
+        if abs(a) < 1e-9:
+            continue
+        t0, t1 = sorted(((0 - p) / a, (size - 1 - p) / a))
+        lo, hi = max(lo, t0), min(hi, t1)
+    return float(max(0.0, hi - lo))
 
 
 def _extend(chain: np.ndarray, u, length, along, across, near: float) -> np.ndarray:
