@@ -264,6 +264,20 @@ def test_fine_pen_strokes_are_thickened_to_mnist_width(monkeypatch):
     assert stroke_width(to_mnist(img).numpy() >= 128) < 0.5 * preprocess.STROKE
 
 
+def test_a_narrow_8s_loops_stay_open_when_thickened():
+    """A fine pen's narrow 8 on a big page: its loops are 2 px wide at 28x28, and thickening the pen to
+    MNIST's stroke filled them (a blob, read as 1 at 100% in a phone photo). The paper the ink encloses
+    stays paper, so the loops show, and a 1 for this ink is contradicted."""
+    for half_width, pen in ((12, 4), (18, 5), (24, 6)):
+        img = np.full((700, 500), 255, np.uint8)
+        cv2.ellipse(img, (250, 230), (half_width, 95), 8, 0, 360, 0, pen, cv2.LINE_AA)
+        cv2.ellipse(img, (236, 425), (int(half_width * 1.2), 100), 8, 0, 360, 0, pen, cv2.LINE_AA)
+        out = to_mnist(Image.fromarray(img))
+        loops = preprocess._holes((out.numpy() >= 128).astype(np.uint8))
+        assert (loops >= preprocess.MIN_LOOP).sum() == 2, (half_width, loops)
+        assert preprocess.contradicts(out, 1) is not None
+
+
 def test_centre_puts_a_point_at_mnists_centre_of_mass():
     patch = torch.zeros(5, 3)
     patch[4, 0] = 1

@@ -46,6 +46,7 @@ LOW, GRAIN = 0.2, 4.0  # a photo's candidate digits are found down to LOW x the 
 STROKE, THIN = 1.8, 0.6  # MNIST's median `stroke_width` (px, at >= 128 of 255; measured); thinner than
 # THIN x that, a stroke is thickened, as a fine pen on a large photo would otherwise vanish in the resize
 SPECK = 0.03  # components smaller than this fraction of the largest one are specks
+OPEN_CORE = 0.6  # output pixels of depth that a loop keeps open (about one across) when thickened or scaled
 
 
 # --------------------------------------------------------------------- ink
@@ -232,9 +233,11 @@ def render(page: Page, mask: np.ndarray) -> torch.Tensor:
     v = np.clip((ink / page.level - FLOOR) / (1 - FLOOR), 0, 1) * keep  # grey levels kept, specks and paper zeroed
     cut = (page.threshold / page.level - FLOOR) / (1 - FLOOR)
     inked = v > cut
+    loops = _enclosed(inked)  # before the thickening below closes them
     by0, by1, bx0, bx1 = bbox(inked if inked.any() else keep)
     scale = BOX / max(by1 - by0, bx1 - bx0)
     width = stroke_width(inked) * scale  # in output pixels
+    r = 0
     if width < THIN * STROKE:  # a fine pen on a big page: thicken to MNIST's typical stroke
         r = round((STROKE - width) / 2 / scale)
         if r >= 1:
@@ -250,7 +253,31 @@ def render(page: Page, mask: np.ndarray) -> torch.Tensor:
     # bilinear kernel spans two output pixels and blurs every stroke. Bilinear when enlarging.
     method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     small = np.asarray(Image.fromarray(patch.astype(np.float32), "F").resize(size, method))
+    # A narrow 8's loops, 2 px wide at 28x28, were filled in by the thickening and the scaling, and its blob
+    # was read as a 1 at 100%: each loop keeps an open core, and no output pixel is more inked than the
+    # share of it outside that core.
+    if loops.any():
+        core = np.pad(_cores(loops, r, OPEN_CORE / scale), r)[by0:by1, bx0:bx1]
+        hole = np.asarray(Image.fromarray(core.astype(np.float32), "F").resize(size, method))
+        small = np.minimum(small, 1 - hole)
     return centre(torch.from_numpy(np.clip(small, 0, 1).astype(np.float32)))
+
+
+def _cores(loops: np.ndarray, r: int, least: float) -> np.ndarray:
+    """Of the paper that ink encloses (`loops`, bool), what stays open when the ink is thickened by r pixels:
+    the paper further than r from the ink, or, in a loop too narrow for that, all but `least` pixels of its
+    depth (its middle, `least` deep), so that it stays open however it is thickened."""
+    n, labels = cv2.connectedComponents(loops.astype(np.uint8), connectivity=4)
+    depth = cv2.distanceTransform(loops.astype(np.uint8), cv2.DIST_L2, 3)
+    deepest = np.zeros(n, np.float32)
+    np.maximum.at(deepest, labels[loops], depth[loops])
+    return depth > np.minimum(r, np.maximum(0, deepest - least))[labels]
+
+
+def _enclosed(ink: np.ndarray) -> np.ndarray:
+    """The paper that a bool ink mask encloses: bool, the same shape."""
+    labels, _, inner = _pockets(ink.astype(np.uint8))
+    return inner[labels]
 
 
 def centre(patch: torch.Tensor) -> torch.Tensor:
@@ -315,9 +342,18 @@ def contradicts(x: torch.Tensor, digit: int) -> str | None:
 
 def _holes(ink: np.ndarray) -> np.ndarray:
     """The areas of the paper that ink (a 0/1 uint8 image) encloses: its holes, not the outside."""
-    _, _, gaps, _ = cv2.connectedComponentsWithStats(1 - ink, connectivity=4)
-    x, y, w, h, area = gaps[1:].T
-    return area[(x > 0) & (y > 0) & (x + w < ink.shape[1]) & (y + h < ink.shape[0])]
+    _, gaps, inner = _pockets(ink)
+    return gaps[inner, cv2.CC_STAT_AREA]
+
+
+def _pockets(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The paper of a 0/1 uint8 ink image in 4-connected pieces: (labels, stats, which pieces the ink
+    encloses: bool, False for the ink's label 0 and for paper that reaches the image's edge)."""
+    _, labels, gaps, _ = cv2.connectedComponentsWithStats(1 - ink, connectivity=4)
+    x, y, w, h = (gaps[:, i] for i in range(4))
+    inner = (x > 0) & (y > 0) & (x + w < ink.shape[1]) & (y + h < ink.shape[0])
+    inner[0] = False
+    return labels, gaps, inner
 
 
 def to_mnist(img: Image.Image) -> torch.Tensor | None:
