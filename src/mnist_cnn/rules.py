@@ -147,8 +147,8 @@ def _inked_share(m: np.ndarray, segments: np.ndarray, span: float) -> float:
     along = np.zeros(extent)
     along[np.unique(np.concatenate(inked)) - start] = 1
     stretch = int(min(extent, max(1.0, span)))
-    window = np.convolve(along, np.ones(stretch), mode="valid")  # inked pixels in each stretch
-    return float(window.max()) / stretch
+    total = np.concatenate([[0], np.cumsum(along)])
+    return float((total[stretch:] - total[:-stretch]).max()) / stretch  # the most inked pixels in any stretch
 
 
 def _shorter(segments: np.ndarray, most: float) -> tuple[np.ndarray, np.ndarray]:
