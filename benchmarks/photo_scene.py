@@ -58,12 +58,19 @@ def place_sheet(rng, conditions: dict, frame_mm: np.ndarray, box_mm: np.ndarray)
     edges = set()
     if conditions["desk"] == "yes":  # one edge in the frame, or a corner (two edges)
         edges = {sides[a][rng.integers(2)] for a in ([0, 1] if rng.random() < 0.4 else [rng.integers(2)])}
+    # A number written large is wider than an A5 sheet, and its first digits were drawn on the desk beyond
+    # the sheet's edge, where no reader should look for them, while the label still held them: a sheet is
+    # at least as large as the writing and its margins.
     for a in (0, 1):  # x, then y
         if sides[a][0] in edges:  # the sheet's left (top) edge between the ink and the frame's border
             x0[a] = lo_ink[a] - rng.uniform(0.05, 0.85) * max(0.0, lo_ink[a] - lo_frame[a])
+            size[a] = max(size[a], hi_ink[a] - x0[a])
         elif sides[a][1] in edges:
-            x0[a] = hi_ink[a] + rng.uniform(0.05, 0.85) * max(0.0, hi_frame[a] - hi_ink[a]) - size[a]
+            end = hi_ink[a] + rng.uniform(0.05, 0.85) * max(0.0, hi_frame[a] - hi_ink[a])
+            size[a] = max(size[a], end - lo_ink[a])
+            x0[a] = end - size[a]
         else:  # the whole frame on the sheet if it fits, the ink somewhere in the middle otherwise
+            size[a] = max(size[a], hi_ink[a] - lo_ink[a])
             lo, hi = hi_frame[a] - size[a], lo_frame[a]
             x0[a] = rng.uniform(lo, hi) if lo < hi else (lo_ink[a] + hi_ink[a] - size[a]) / 2
     return np.array([x0, x0 + size])
