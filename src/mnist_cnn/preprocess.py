@@ -233,7 +233,8 @@ def render(page: Page, mask: np.ndarray) -> torch.Tensor:
     v = np.clip((ink / page.level - FLOOR) / (1 - FLOOR), 0, 1) * keep  # grey levels kept, specks and paper zeroed
     cut = (page.threshold / page.level - FLOOR) / (1 - FLOOR)
     inked = v > cut
-    loops = _enclosed(inked)  # before the thickening below closes them
+    pockets, _, enclosed = _pockets(inked.astype(np.uint8))
+    loops = np.where(enclosed[pockets], pockets, 0)  # each loop's label, before the thickening below closes it
     by0, by1, bx0, bx1 = bbox(inked if inked.any() else keep)
     scale = BOX / max(by1 - by0, bx1 - bx0)
     width = stroke_width(inked) * scale  # in output pixels
@@ -264,20 +265,14 @@ def render(page: Page, mask: np.ndarray) -> torch.Tensor:
 
 
 def _cores(loops: np.ndarray, r: int, least: float) -> np.ndarray:
-    """Of the paper that ink encloses (`loops`, bool), what stays open when the ink is thickened by r pixels:
-    the paper further than r from the ink, or, in a loop too narrow for that, all but `least` pixels of its
-    depth (its middle, `least` deep), so that it stays open however it is thickened."""
-    n, labels = cv2.connectedComponents(loops.astype(np.uint8), connectivity=4)
-    depth = cv2.distanceTransform(loops.astype(np.uint8), cv2.DIST_L2, 3)
-    deepest = np.zeros(n, np.float32)
-    np.maximum.at(deepest, labels[loops], depth[loops])
-    return depth > np.minimum(r, np.maximum(0, deepest - least))[labels]
-
-
-def _enclosed(ink: np.ndarray) -> np.ndarray:
-    """The paper that a bool ink mask encloses: bool, the same shape."""
-    labels, _, inner = _pockets(ink.astype(np.uint8))
-    return inner[labels]
+    """Of the paper that ink encloses (`loops`: a label per loop, 0 elsewhere), what stays open when the ink
+    is thickened by r pixels: the paper further than r from the ink, or, in a loop too narrow for that, all
+    but `least` pixels of its depth (its middle, `least` deep), so that it stays open however it is thickened."""
+    inside = loops > 0
+    depth = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 3)
+    deepest = np.zeros(int(loops.max()) + 1, np.float32)
+    np.maximum.at(deepest, loops[inside], depth[inside])
+    return depth > np.minimum(r, np.maximum(0, deepest - least))[loops]
 
 
 def centre(patch: torch.Tensor) -> torch.Tensor:

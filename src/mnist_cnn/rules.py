@@ -126,9 +126,9 @@ def _lengths(segments: np.ndarray) -> np.ndarray:
 def _inked_share(m: np.ndarray, segments: np.ndarray, span: float) -> float:
     """Of the stretch of a line that segments (n, 4) along it cover, the share of its length, pixel by
     pixel, where one of them runs over ink in `m` (gaps between them count as paper): the best share over
-    any stretch as long as its rule must be (`span`), since a rule
-    may fade out past one end of it, where the light falls off or a shadow lies (a grid's lines thin
-    there into a row of dots at their crossings), and is no less printed where it shows."""
+    any stretch as long as its rule must be (`span`), since a rule may fade out past one end of it, where
+    the light falls off or a shadow lies (a grid's lines thin there into a row of dots at their crossings),
+    and is no less printed where it shows."""
     if not len(segments):
         return 0.0
     d = segments[np.argmax(_lengths(segments))]
