@@ -46,7 +46,8 @@ def trace(predictor, img, spans: list[tuple[float, float]]) -> dict:
     plain = predict_logits(predictor.model, crops, tta=False, **kw).float().softmax(1)
     tta = predict_logits(predictor.model, crops, tta=True, **kw).float().softmax(1)
     out = []
-    for k, (peak, part, alone, _) in enumerate(items):
+    for k, item in enumerate(items):
+        peak, part, alone = item.peak, item.ink, item.alone
         blob = next(b for b, m in enumerate(blobs) if (m & part).any())
         r = None if peak is None else (reading.probs[peak.frame, :10] / reading.probs[peak.frame, :10].sum())
         out.append({"blob": blob, "alone": alone, "doubt": None if peak is None else peak.doubt,
