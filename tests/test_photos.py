@@ -60,8 +60,8 @@ def test_photos_are_read_and_never_confidently_wrong(answers):
     # 6 at 0.51: 38. photo_40, a narrow pencil 8 (the Kristi font) read as 1 at 0.96, was added when
     # a loop in the ink came to rule out a 1: it is unsure, not read, so still 38. Once the loops of the ink
     # stayed open at 28x28 it was read, 8 at 0.96: 39. photo_41-43 (below) were added when they were read:
-    # 42 of the 44. More misses are a regression.
-    assert right >= 42, {n: a for n, a in answers.items() if a[0] != LABELS[n]["label"]}
+    # 42 of the 44. photo_44-45 (below) were added when they were read: 44 of the 46. More misses are a regression.
+    assert right >= 44, {n: a for n, a in answers.items() if a[0] != LABELS[n]["label"]}
 
 
 def test_a_faint_digit_is_not_outweighed_by_a_sliver_along_the_sheets_edge(answers):
@@ -88,6 +88,15 @@ def test_rules_that_fade_out_or_leave_the_frame_and_a_narrow_8_are_read(answers)
     assert answers["photo_41.jpg"][:2] == ("59109", "ok")
     assert answers["photo_42.jpg"][:2] == ("79167", "ok")
     assert answers["photo_43.jpg"][:2] == ("898", "ok")
+
+
+def test_a_wide_digit_that_both_readers_read_as_one_is_not_unsure(answers):
+    """photo_44: "452", its 2's base long; photo_45: "98308", its last 0 and 8 slanted and wide. Each such piece
+    is as wide as two of the number's digits, and the sequence reader found one digit in it: the count was in
+    doubt and the number unsure ("45?", "983??"), though the reader and the classifier both read that one digit
+    at >= 0.98. Their agreement now settles the count."""
+    assert answers["photo_44.jpg"][:2] == ("452", "ok")
+    assert answers["photo_45.jpg"][:2] == ("98308", "ok")
 
 
 def test_faint_rules_beside_a_bold_digit_are_taken_out():

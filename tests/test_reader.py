@@ -20,7 +20,7 @@ from mnist_cnn.cli import main
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.imageops import bbox
 from mnist_cnn.lines import make_lines, soften
-from mnist_cnn.predict import Predictor, holds_several, owners
+from mnist_cnn.predict import Part, Prediction, Predictor, agree, holds_several, owners
 from mnist_cnn.recipes import ReaderConfig
 
 DIGITS = Path(__file__).parent / "data" / "mnist_test_digits.png"
@@ -155,6 +155,28 @@ def test_ink_as_wide_as_two_digits_that_the_reader_reads_as_one_is_unsure():
     assert one.status == "ok" and one.text == "0"
 
 
+def test_a_wide_digit_that_the_reader_and_the_classifier_both_read_as_one_digit_is_sure():
+    """A 2 with a long base, as wide as two digits beside its neighbours ("452" in phone photos): the shipped
+    reader finds one 2 there and the classifier reads the piece as 2, both sure, so the count is not in doubt."""
+    for text in ("452", "472"):
+        for which in (0, 1):
+            got = Predictor.from_path().predict_number(Image.open(io.BytesIO(number_png(text, -6, which=which,
+                                                                                            widen=1.6))))
+            assert (got.text, got.status) == (text, "ok"), (text, which, [d.reason for d in got.digits])
+
+
+def test_width_doubt_is_lifted_only_when_reader_and_classifier_agree_and_are_sure():
+    peak = reader.Peak(2, 0.97, 3, 2, 4, 0.0)
+    wide = Part(peak, np.ones((2, 2), bool), True, "as wide as two digits", wide=True)
+    sure = Prediction(2, 0.995, [], [], "ok")
+    assert agree(wide, sure)
+    assert not agree(wide, Prediction(6, 0.995, [], [], "ok"))  # they read different digits
+    assert not agree(wide, Prediction(2, 0.943, [], [], "ok"))  # "26" touching, read as 2 by both: not sure enough
+    assert not agree(wide._replace(peak=reader.Peak(2, 0.6, 3, 2, 4, 0.0)), sure)  # the reader is unsure
+    assert not agree(wide._replace(peak=None), sure)  # the reader found no digit there
+    assert not agree(wide._replace(wide=False), sure)  # another doubt: not lifted
+
+
 class EvenPeaks(reader.NumberReader):
     """A fake sequence reader that finds `n` 0s spread evenly over whatever ink it is given."""
 
@@ -269,9 +291,9 @@ def known_digits() -> dict[int, list[np.ndarray]]:
     return {d: tiles[2 * d:2 * d + 2] for d in range(10)}
 
 
-def number_png(text: str, overlap: float, scale: int = 5, which: int = 0) -> bytes:
+def number_png(text: str, overlap: float, scale: int = 5, which: int = 0, widen: float = 1.0) -> bytes:
     """Dark ink on white: the digits of `text`, each cropped to its ink, neighbours overlapping by `overlap`
-    of the narrower one's width (negative: apart by that many pixels)."""
+    of the narrower one's width (negative: apart by that many pixels); the last digit `widen` times as wide."""
     tiles = known_digits()
     seen: dict[str, int] = {}
     crops = []
@@ -280,6 +302,9 @@ def number_png(text: str, overlap: float, scale: int = 5, which: int = 0) -> byt
         seen[ch] = seen.get(ch, 0) + 1
         cols = np.nonzero(tile.max(0))[0]
         crops.append(tile[:, cols[0]:cols[-1] + 1].astype(np.float32) / 255)
+    if widen != 1:
+        crops[-1] = np.asarray(Image.fromarray(crops[-1]).resize((round(crops[-1].shape[1] * widen), 28),
+                                                                 Image.Resampling.BILINEAR))
     width = sum(c.shape[1] for c in crops) + 40
     line = np.zeros((48, width), dtype=np.float32)
     x = 10.0
